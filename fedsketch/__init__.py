@@ -1,0 +1,1 @@
+"""Federated frequency estimation with count sketches under secure summation and distributed DP."""

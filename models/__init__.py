@@ -1,0 +1,1 @@
+"""The shared model/training core: building blocks, the Trainer, ICL transformers."""

@@ -1,0 +1,4 @@
+"""ffe experiments."""
+
+# name -> module that registers it (imported only when the experiment runs)
+EXPERIMENTS: dict[str, str] = {}

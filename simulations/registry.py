@@ -1,0 +1,233 @@
+"""The experiment registry: every experiment module registers a name, a `Config`, `run` and `claims`.
+
+Area subpackages (`simulations.ffe`, `simulations.dp`, ...) list their experiments in a module-level
+``EXPERIMENTS = {"name": "module.path"}`` mapping, so `python -m simulations list` needs no heavy imports;
+the experiment module itself is imported only when it is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+AREAS: tuple[str, ...] = ("ffe", "flower", "dp", "icl")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as a check: `holds` compares `measured` against `threshold`.
+
+    A non-strict claim is an *observation*: reported, never failing a run (see the experiment's docstring for why
+    our scale may not show it).
+    """
+
+    name: str
+    measured: float
+    threshold: float
+    holds: bool
+    strict: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "measured": _jsonable(self.measured),
+            "threshold": _jsonable(self.threshold),
+            "holds": bool(self.holds),
+            "strict": bool(self.strict),
+        }
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One registered experiment."""
+
+    name: str
+    config: type
+    run: Callable[[Any, Path], dict]
+    claims: Callable[[dict], list[Claim]]
+    description: str = ""
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(
+    name: str,
+    config: type,
+    run: Callable[[Any, Path], dict],
+    claims: Callable[[dict], list[Claim]],
+    description: str = "",
+) -> Experiment:
+    """Register an experiment under `name` (called at import time of the experiment's module)."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
+    if not hasattr(config, "smoke"):
+        raise TypeError(f"config for {name!r} must define a smoke() preset")
+    exp = Experiment(name=name, config=config, run=run, claims=claims, description=description)
+    _REGISTRY[name] = exp
+    return exp
+
+
+def _catalogue() -> dict[str, str]:
+    """name -> module path, from every area's EXPERIMENTS mapping (cheap: area __init__ files only)."""
+    out: dict[str, str] = {}
+    for area in AREAS:
+        try:
+            pkg = importlib.import_module(f"simulations.{area}")
+        except ModuleNotFoundError:
+            continue
+        out.update(getattr(pkg, "EXPERIMENTS", {}))
+    return out
+
+
+def names() -> list[str]:
+    """Every registered experiment name, sorted."""
+    return sorted(_catalogue())
+
+
+def describe(name: str) -> str:
+    """The first docstring line of the experiment's module (for `list`), without running it."""
+    return (get(name).description or "").strip().splitlines()[0] if get(name).description else ""
+
+
+def get(name: str) -> Experiment:
+    """The experiment registered under `name` (imports its module on first use)."""
+    if name not in _REGISTRY:
+        cat = _catalogue()
+        if name not in cat:
+            raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(cat)) or '(none)'}")
+        importlib.import_module(cat[name])
+        if name not in _REGISTRY:
+            raise KeyError(f"module {cat[name]} did not register experiment {name!r}")
+    return _REGISTRY[name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config overrides: `--set key=value`, parsed against the dataclass field types.
+
+
+def _parse_value(text: str, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _parse_value(text, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"--set {key}: cannot parse {text!r} as {tp}")
+    if origin is typing.Literal:
+        for a in args:
+            if str(a) == text:
+                return a
+        raise ValueError(f"--set {key}: must be one of {list(args)}, got {text!r}")
+    if origin in (tuple, list):
+        parts = [p for p in text.strip("()[]").split(",") if p.strip()]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            elem = [args[0]] * len(parts)
+        elif origin is tuple and args:
+            if len(args) != len(parts):
+                raise ValueError(f"--set {key}: expected {len(args)} comma-separated values, got {text!r}")
+            elem = list(args)
+        else:
+            elem = [args[0] if args else str] * len(parts)
+        vals = [_parse_value(p.strip(), t, key) for p, t in zip(parts, elem)]
+        return tuple(vals) if origin is tuple else vals
+    if tp is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected a boolean (true/false), got {text!r}")
+    if tp is int:
+        try:
+            f = float(text)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected an integer, got {text!r}") from None
+        if not f.is_integer():
+            raise ValueError(f"--set {key}: expected an integer, got {text!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected a number, got {text!r}") from None
+    if tp is str or tp is Any:
+        return text
+    raise ValueError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, str]) -> Any:
+    """A copy of `config` with `key=value` strings parsed against the field types (validated by the dataclass)."""
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for key, text in overrides.items():
+        if key not in fields:
+            raise ValueError(f"--set {key}: unknown config key for {type(config).__module__}; known: {sorted(fields)}")
+        changes[key] = _parse_value(text, hints[key], key)
+    return dataclasses.replace(config, **changes)
+
+
+def parse_set_args(items: list[str]) -> dict[str, str]:
+    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'}, with a clear error on a malformed item."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def run(
+    name: str,
+    *,
+    smoke: bool = False,
+    overrides: Mapping[str, str] | None = None,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    config: Any = None,
+) -> dict:
+    """Build the config (full or smoke, plus overrides), run the experiment, and return its result dict."""
+    exp = get(name)
+    if config is None:
+        config = exp.config.smoke() if smoke else exp.config()
+    if overrides:
+        config = apply_overrides(config, overrides)
+    if device is not None:
+        if "device" in {f.name for f in dataclasses.fields(config)}:
+            config = dataclasses.replace(config, device=device)
+        elif device != "cpu":
+            raise ValueError(f"--device {device}: experiment {name!r} runs on the CPU only")
+    out = Path(out_dir) if out_dir is not None else Path("runs") / name
+    out.mkdir(parents=True, exist_ok=True)
+    return exp.run(config, out)
+
+
+def failed_strict(result: dict) -> list[dict]:
+    """The strict claims in a result dict that do not hold."""
+    return [c for c in result.get("claims", []) if c["strict"] and not c["holds"]]
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return x

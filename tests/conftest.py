@@ -1,0 +1,33 @@
+"""Shared test setup: no telemetry, headless plots, and a helper that runs an experiment's smoke preset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def run_smoke(name: str, out_dir: Path, **overrides: str) -> dict:
+    """Run `name`'s smoke preset into `out_dir`; assert it wrote its record and plot and its strict claims hold."""
+    from simulations import registry
+
+    result = registry.run(name, smoke=True, overrides=overrides or None, out_dir=out_dir)
+    assert (out_dir / "result.json").is_file()
+    assert list(out_dir.glob("*.png")), f"{name} wrote no plot"
+    for key in ("experiment", "config", "environment", "metrics", "claims"):
+        assert key in result, key
+    failed = registry.failed_strict(result)
+    assert not failed, f"{name}: strict claims failed: {failed}"
+    return result
+
+
+@pytest.fixture
+def smoke(tmp_path):
+    """`smoke("ffe-single")` runs that experiment's smoke preset in a temp folder and checks its claims."""
+    return lambda name, **kw: run_smoke(name, tmp_path / name, **kw)
