@@ -1,1 +1,28 @@
-"""Federated frequency estimation with count sketches under secure summation and distributed DP."""
+"""Federated frequency estimation with count sketches under secure summation and distributed DP.
+
+Public names are imported lazily, so `import fedsketch` stays cheap and each module loads on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CountSketch": "fedsketch.sketch",
+    "multiround_estimate": "fedsketch.hybrid",
+    "TwoPhaseSizer": "fedsketch.sizing",
+    "SecureSum": "fedsketch.secure_sum",
+    "InProcessSecureSum": "fedsketch.secure_sum",
+    "SkellamNoise": "fedsketch.privacy",
+    "DiscreteGaussianNoise": "fedsketch.privacy",
+    "linf_error": "fedsketch.metrics",
+    "l2_error": "fedsketch.metrics",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fedsketch' has no attribute {name!r}")
