@@ -1,0 +1,23 @@
+"""Real data sets, embedded under `simulations/data/` with their source and licence recorded beside them.
+
+The libraries stay data-agnostic; these loaders turn files into the arrays they take. Imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_shakespeare": "simulations.datasets.shakespeare",
+    "ShakespeareCorpus": "simulations.datasets.shakespeare",
+    "load_imdb": "simulations.datasets.imdb",
+    "load_movielens": "simulations.datasets.movielens",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'simulations.datasets' has no attribute {name!r}")
