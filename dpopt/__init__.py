@@ -12,10 +12,17 @@ _EXPORTS = {
     "DP2RMSprop": "dpopt.dp2",
     "DP2Adagrad": "dpopt.dp2",
     "DelayedPrecondRMSprop": "dpopt.dp2",
+    "DP2Config": "dpopt.dp2",
+    "NonFiniteGradientError": "dpopt.dp2",
     "PrivacyEngine": "dpopt.engine",
     "privacy_report": "dpopt.accounting",
     "calibrate_noise": "dpopt.accounting",
     "BudgetGuard": "dpopt.accounting",
+    "BudgetExhaustedError": "dpopt.accounting",
+    "PrivacyReport": "dpopt.accounting",
+    "epsilon_curve": "dpopt.accounting",
+    "make_dp_training": "dpopt.baselines",
+    "make_optimizer": "dpopt.baselines",
 }
 __all__ = sorted(_EXPORTS)
 
