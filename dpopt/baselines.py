@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dpopt.dp2 import DP2Config, DelayedPrecondRMSprop
+from dpopt.dp2 import DelayedPrecondRMSprop, DP2Config
 from dpopt.engine import PrivacyEngine
 
 __all__ = ["BASELINES", "METHODS", "DPTraining", "make_optimizer", "make_dp_training"]
