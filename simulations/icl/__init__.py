@@ -1,4 +1,6 @@
-"""icl experiments."""
+"""icl experiments: in-context learning of linear regression by linear attention, looped and GPT-2 models."""
 
 # name -> module that registers it (imported only when the experiment runs)
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "icl-linear-attention": "simulations.icl.linear_attention",
+}

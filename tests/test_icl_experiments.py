@@ -1,0 +1,23 @@
+"""The ICL experiments' smoke presets: each runs on the CPU, writes its record and plot, and its strict claims hold."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The smoke runs are tiny; one thread avoids oversubscribing the shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_one_layer_linear_attention_reaches_the_optimal_one_step_gd_error(smoke):
+    result = smoke("icl-linear-attention")
+    rows = {(r["d"], r["n"]): r for r in result["metrics"]["settings"]}
+    assert abs(rows[(5, 20)]["optimum"] - 0.231) < 1e-3 and abs(rows[(20, 40)]["optimum"] - 0.344) < 1e-3
+    assert abs(rows[(5, 20)]["trained"] - 0.231) <= 0.01
