@@ -54,7 +54,10 @@ def _check_bits(modulus_bits: int) -> int:
 
 
 def _ring_dtype(modulus_bits: int) -> type[np.unsignedinteger]:
-    # Unsigned arithmetic wraps mod 2^32 / 2^64, and 2^k divides both, so reducing at the end is exact.
+    # Unsigned arithmetic wraps mod 2^16 / 2^32 / 2^64, and 2^k divides the word size, so reducing at the end
+    # is exact; the narrowest word halves the PRG output and the memory traffic.
+    if modulus_bits <= 16:
+        return np.uint16
     return np.uint32 if modulus_bits <= 32 else np.uint64
 
 
@@ -209,9 +212,11 @@ class InProcessSecureSum(SecureSum):
         pairs = self.mask_graph(n, round_id)
         _check_connected(pairs, alive)
 
-        uploads = self._mask_uploads(x, pairs, round_id)  # client side: x never leaves this call unmasked
+        # Client side.  A dropped client never uploads, so only the survivors' uploads are formed; each one
+        # still carries the masks of *all* its pairs, including those with clients that dropped later.
+        uploads = self._mask_uploads(x, alive, pairs, round_id)
         del x
-        view, unmasked = self._server_unmask(uploads[alive], alive, pairs, round_id, length)
+        view, unmasked = self._server_unmask(uploads, alive, pairs, round_id, length)
         self.server_view = view
         total = from_ring(unmasked, self.modulus_bits)
         return SecureSumResult(total, n, n_alive, tuple(int(i) for i in drop), self.modulus_bits)
@@ -236,23 +241,30 @@ class InProcessSecureSum(SecureSum):
     # ---- client side --------------------------------------------------------------------------------
 
     def _prg(self, round_id: int, tag: int, a: int, b: int, length: int) -> np.ndarray:
-        ss = np.random.SeedSequence(self.seed, spawn_key=(round_id, tag, a, b))
-        gen = np.random.Philox(ss)
-        if _ring_dtype(self.modulus_bits) is np.uint32:
-            return gen.random_raw((length + 1) // 2).view(np.uint32)[:length]
-        return gen.random_raw(length)
-
-    def _mask_uploads(self, x: np.ndarray, pairs: np.ndarray, round_id: int) -> np.ndarray:
-        n, length = x.shape
+        """Mask vector of ``length`` uniform words from the key of (round, tag, a, b): one Philox stream."""
         dtype = _ring_dtype(self.modulus_bits)
-        y = x.astype(dtype)  # two's complement residues mod 2^32 / 2^64 (a copy: the clients' upload buffers)
+        per_word = 8 // np.dtype(dtype).itemsize  # ring words per 64-bit PRG output
+        gen = np.random.Philox(np.random.SeedSequence(self.seed, spawn_key=(round_id, tag, a, b)))
+        return gen.random_raw(-(-length // per_word)).view(dtype)[:length]
+
+    def _mask_uploads(self, x: np.ndarray, alive: np.ndarray, pairs: np.ndarray, round_id: int) -> np.ndarray:
+        """Uploads of the surviving clients, rows in index order: x_i + b_i + sum_j +-m_ij (mod 2^k)."""
+        length = x.shape[1]
+        dtype = _ring_dtype(self.modulus_bits)
+        # Two's complement residues mod 2^16/2^32/2^64: a copy, the clients' upload buffers.
+        y = (x if alive.all() else x[alive]).astype(dtype)
+        row = np.cumsum(alive) - 1  # client index -> upload row
         for a, b in pairs.tolist():  # one PRG call per pair of length L, never per entry
+            if not (alive[a] or alive[b]):
+                continue
             m = self._prg(round_id, _PAIR, a, b, length)
-            y[a] += m
-            y[b] -= m
+            if alive[a]:
+                y[row[a]] += m  # the smaller index adds the pair mask ...
+            if alive[b]:
+                y[row[b]] -= m  # ... the larger one subtracts it
         if self.self_masks:
-            for i in range(n):
-                y[i] += self._prg(round_id, _SELF, i, i, length)
+            for i in np.flatnonzero(alive).tolist():
+                y[row[i]] += self._prg(round_id, _SELF, i, i, length)
         y &= dtype((1 << self.modulus_bits) - 1)  # uploads are elements of Z_{2^k}
         return y
 
