@@ -1,0 +1,171 @@
+"""Seeded hash families over the Mersenne prime p = 2^61 - 1, vectorized with exact uint64 arithmetic.
+
+Row r of a `RowHashes` evaluates a degree-3 polynomial over Z_p with seeded coefficients,
+
+    g_r(x) = sum_{i<=3} (c_{r,i} + c'_{r,i} v + c''_{r,i} v^2) u^i  mod p,      x = v * p + u, u in [0, p), v in {0,1,2},
+
+and reads the sign from its lowest bit, sign_r(x) = 1 - 2 (g_r(x) & 1), and the bucket from the rest,
+bucket_r(x) = (g_r(x) >> 1) mod W. Degree-3 polynomials are a 4-wise independent family, so the (bucket, sign)
+pairs are 4-wise independent (pairwise independence is all the bucket analysis needs). The map x -> (u, v) is
+injective on [0, 2^62) and {psi(v) (x) phi(u)} stays linearly independent for any 4 distinct ids, so independence
+holds over the whole id range; ids below p (every practical domain) have v = 0 and skip the extra terms.
+Buckets and signs are off uniform by at most about W / 2^60 and 1/p.
+
+One polynomial per row serves both bucket and sign, so a row costs 3 modular products per id instead of the 4 that a
+separate linear bucket hash plus a cubic sign polynomial would take. In our multi-round simulations (hybrid sketch,
+d=20,000, W=256, R=5, 30-40 seeds) its l_inf error matched fully random hashes and a linear bucket hash within noise.
+
+Coefficients come from BLAKE2b of (seed, tag, row, index), so the same seed gives the same hashes on every machine
+and every numpy version. Products a*x mod p are computed exactly in uint64 by splitting both factors into a 29-bit
+high and a 32-bit low limb and folding 2^61 = 1 (mod p): no 128-bit integers and no Python loop over ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+MERSENNE_P = (1 << 61) - 1
+MAX_ID = 1 << 62
+_P = np.uint64(MERSENNE_P)
+_LO32 = np.uint64(0xFFFFFFFF)
+_LO29 = np.uint64((1 << 29) - 1)
+_U3, _U29, _U32, _U61 = np.uint64(3), np.uint64(29), np.uint64(32), np.uint64(61)
+
+
+def _coefficient(seed: int, sign_seed: int | None, row: int, name: str, nonzero: bool = False) -> int:
+    """A reproducible field element in [0, p) (or [1, p)) from BLAKE2b of its identifying tuple."""
+    key = f"fedsketch/v1/{seed}/{sign_seed}/{row}/{name}".encode()
+    value = int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "little")
+    if nonzero:
+        return 1 + value % (MERSENNE_P - 1)
+    return value % MERSENNE_P
+
+
+def _reduce(s: np.ndarray) -> np.ndarray:
+    """s mod p for uint64 s < 2^63 (in place)."""
+    r = s & _P
+    s >>= _U61
+    r += s
+    r -= _P * (r >= _P)
+    return r
+
+
+def mulmod(a: int, x_hi: np.ndarray, x_lo: np.ndarray) -> np.ndarray:
+    """(a * x) mod p for a scalar a < p and x < p given as limbs x = x_hi * 2^32 + x_lo (x_hi < 2^29).
+
+    a*x = hh 2^64 + mid 2^32 + lo with 2^64 = 8 (mod p); mid 2^32 = (mid >> 29) 2^61 + (mid & (2^29-1)) 2^32.
+    Every partial sum stays below 2^63, so uint64 never overflows.
+    """
+    a_hi, a_lo = np.uint64(a >> 32), np.uint64(a & 0xFFFFFFFF)
+    lo = x_lo * a_lo  # < 2^64
+    mid = x_lo * a_hi
+    mid += x_hi * a_lo  # < 2^62
+    s = x_hi * a_hi  # < 2^58
+    s <<= _U3  # * 8, < 2^61
+    s += mid >> _U29  # < 2^33
+    mid &= _LO29
+    mid <<= _U32  # < 2^61
+    s += mid
+    s += lo >> _U61  # < 8
+    lo &= _P
+    s += lo  # total < 2^63
+    return _reduce(s)
+
+
+def _limbs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x >> _U32, x & _LO32
+
+
+def _poly(coeffs: list[int], u_hi: np.ndarray, u_lo: np.ndarray) -> np.ndarray:
+    """sum_i coeffs[i] u^i mod p by Horner's rule (coeffs[0] is the constant term)."""
+    acc = mulmod(coeffs[-1], u_hi, u_lo)
+    for i in range(len(coeffs) - 2, -1, -1):
+        acc += np.uint64(coeffs[i])
+        acc -= _P * (acc >= _P)
+        if i > 0:
+            acc = _mulmod_arrays(acc, u_hi, u_lo)
+    return acc
+
+
+def _mulmod_arrays(a: np.ndarray, x_hi: np.ndarray, x_lo: np.ndarray) -> np.ndarray:
+    """(a * x) mod p elementwise for arrays a, x < p (x given as limbs); same folding as `mulmod`."""
+    a_hi, a_lo = _limbs(a)
+    lo = x_lo * a_lo
+    mid = x_lo * a_hi
+    mid += x_hi * a_lo
+    s = x_hi * a_hi
+    s <<= _U3
+    s += mid >> _U29
+    mid &= _LO29
+    mid <<= _U32
+    s += mid
+    s += lo >> _U61
+    lo &= _P
+    s += lo
+    return _reduce(s)
+
+
+def _addmod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a += b
+    a -= _P * (a >= _P)
+    return a
+
+
+class RowHashes:
+    """R seeded hash rows; row r gives every id a bucket in [0, W) and a sign in {-1, +1}.
+
+    Row r evaluates g_r(x) = sum_{i<=3} (c_{r,i} + c'_{r,i} v + c''_{r,i} v^2) u^i mod p (x = v p + u), a 4-wise
+    independent value that is uniform on [0, p); the sign is its lowest bit and the bucket is (g >> 1) mod W.
+    With `sign_seed`, the signs come from a second polynomial seeded by `sign_seed` (the buckets stay those of
+    `seed`), so rounds can share buckets but draw fresh signs (the alternative reading in `fedsketch.hybrid`).
+    """
+
+    def __init__(self, depth: int, width: int, seed: int, sign_seed: int | None = None) -> None:
+        self.depth, self.width, self.seed, self.sign_seed = int(depth), int(width), int(seed), sign_seed
+        self._coef = [self._row(self.seed, None, r) for r in range(self.depth)]
+        self._sign_coef = (
+            None if sign_seed is None else [self._row(int(sign_seed), "signs", r) for r in range(self.depth)]
+        )
+
+    @staticmethod
+    def _row(seed: int, tag: str | None, r: int) -> list[list[int]]:
+        return [[_coefficient(seed, tag, r, f"c{j}{i}") for i in range(4)] for j in range(3)]
+
+    def hash(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Buckets (R, n) intp in [0, W) and signs (R, n) int8 in {-1, +1} for int64 ids in [0, 2^62).
+
+        Ids are not validated here (callers do it at the API boundary).
+        """
+        x = np.ascontiguousarray(ids, dtype=np.int64).astype(np.uint64)
+        n = x.shape[0]
+        has_big = bool((x >= _P).any())
+        if has_big:
+            v = (x >= _P).astype(np.uint64) + (x >= np.uint64(2 * MERSENNE_P))
+            u = x - v * _P
+            v_limbs, v2_limbs = _limbs(v), _limbs(v * v)
+        else:
+            u = x
+        u_limbs = _limbs(u)
+
+        def value(coef: list[list[int]]) -> np.ndarray:
+            g = _poly(coef[0], *u_limbs)
+            if has_big:
+                g = _addmod(g, _mulmod_arrays(_poly(coef[1], *u_limbs), *v_limbs))
+                g = _addmod(g, _mulmod_arrays(_poly(coef[2], *u_limbs), *v2_limbs))
+            return g
+
+        buckets = np.empty((self.depth, n), dtype=np.intp)
+        signs = np.empty((self.depth, n), dtype=np.int8)
+        one, w = np.uint64(1), np.uint64(self.width)
+        for r in range(self.depth):
+            g = value(self._coef[r])
+            if self._sign_coef is not None:
+                s = value(self._sign_coef[r])
+            else:
+                s = g
+            np.subtract(1, 2 * (s & one).astype(np.int8), out=signs[r])
+            g >>= one
+            buckets[r] = g % w
+        return buckets, signs
