@@ -191,7 +191,11 @@ class InProcessSecureSum(SecureSum):
         *,
         bound: int | None = None,
     ) -> SecureSumResult:
-        """Securely sum one int vector per client (rows of ``vectors``) over the clients not ``dropped``.
+        """Securely sum one int array per client over the clients not in ``dropped``.
+
+        ``vectors``: shape ``(clients, ...)``, e.g. ``(n, depth, width)`` sketch tables (or a list of equal
+        arrays); ``result.total`` has the trailing shape.  ``dropped``: indices of clients whose upload never
+        arrives.
 
         ``bound``: the public per-entry bound B every client must respect (|x| <= B); a client breaking it
         is rejected with a ValueError naming its index.  ``None`` takes B = max|entry| of the submitted
@@ -200,6 +204,8 @@ class InProcessSecureSum(SecureSum):
         split.
         """
         x = self._validate(vectors, bound)
+        entry_shape = x.shape[1:]  # e.g. (depth, width) for count-sketch tables
+        x = x.reshape(x.shape[0], -1)
         n, length = x.shape
         drop = self._validate_dropped(dropped, n)
         round_id = self.rounds_done
@@ -218,7 +224,7 @@ class InProcessSecureSum(SecureSum):
         del x
         view, unmasked = self._server_unmask(uploads, alive, pairs, round_id, length)
         self.server_view = view
-        total = from_ring(unmasked, self.modulus_bits)
+        total = from_ring(unmasked, self.modulus_bits).reshape(entry_shape)
         return SecureSumResult(total, n, n_alive, tuple(int(i) for i in drop), self.modulus_bits)
 
     def mask_graph(self, n: int, round_id: int = 0) -> np.ndarray:
@@ -301,8 +307,8 @@ class InProcessSecureSum(SecureSum):
             except ValueError as err:
                 raise ValueError(f"vectors must be client vectors of one common length: {err}") from None
         x = vectors
-        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"vectors must be a non-empty 2-D array (clients, length), got shape {x.shape}")
+        if x.ndim < 2 or x.size == 0:
+            raise ValueError(f"vectors must be a non-empty array (clients, ...) with ndim >= 2, got shape {x.shape}")
         if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer):
             raise ValueError(f"vectors must have an integer dtype, got {x.dtype}")
         n = x.shape[0]
@@ -310,9 +316,11 @@ class InProcessSecureSum(SecureSum):
         if bound is not None:
             if bound < 0:
                 raise ValueError(f"bound must be >= 0, got {bound}")
-            bad = np.flatnonzero((x.max(axis=1).astype(np.float64) > bound) | (x.min(axis=1).astype(np.float64) < -bound))
-            if bad.size:
-                raise ValueError(f"vectors: client {int(bad[0])} has an entry outside [-bound, bound] = [-{bound}, {bound}]")
+            flat = x.reshape(n, -1)
+            his, los = flat.max(axis=1).tolist(), flat.min(axis=1).tolist()  # exact Python ints
+            bad = [i for i in range(n) if his[i] > bound or los[i] < -bound]
+            if bad:
+                raise ValueError(f"vectors: client {bad[0]} has an entry outside [-bound, bound] = [-{bound}, {bound}]")
             max_abs = int(bound)
         else:
             max_abs = max(abs(int(x.max())), abs(int(x.min())))

@@ -126,13 +126,23 @@ def test_public_bound_rejects_a_client_outside_it():
         ({"min_survivors": 0}, None, "min_survivors"),
         ({}, np.ones((3, 4), dtype=np.float64), "dtype"),
         ({}, np.ones((3, 4), dtype=bool), "dtype"),
-        ({}, np.ones(4, dtype=np.int64), "2-D"),
+        ({}, np.ones(4, dtype=np.int64), "ndim >= 2"),
         ({}, [np.ones(3, dtype=np.int64), np.ones(4, dtype=np.int64)], "common length"),
     ],
 )
 def test_bad_input_names_the_parameter(kwargs, vectors, match):
     with pytest.raises(ValueError, match=match):
         InProcessSecureSum(**kwargs).sum(vectors if vectors is not None else np.ones((3, 4), dtype=np.int64))
+
+
+def test_tables_keep_their_shape():
+    x = np.random.default_rng(2).integers(-5, 6, size=(7, 3, 16))  # 7 clients' depth x width tables
+    res = InProcessSecureSum(modulus_bits=20, seed=4).sum(x, dropped=[2])
+    assert res.total.shape == (3, 16)
+    np.testing.assert_array_equal(res.total, np.delete(x, 2, axis=0).sum(axis=0))
+    with pytest.raises(ValueError, match="client 5"):
+        x[5, 2, 9] = -6
+        InProcessSecureSum(modulus_bits=20).sum(x, bound=5)
 
 
 def test_bad_dropped_index_and_list_input():
