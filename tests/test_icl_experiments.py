@@ -21,3 +21,9 @@ def test_one_layer_linear_attention_reaches_the_optimal_one_step_gd_error(smoke)
     rows = {(r["d"], r["n"]): r for r in result["metrics"]["settings"]}
     assert abs(rows[(5, 20)]["optimum"] - 0.231) < 1e-3 and abs(rows[(20, 40)]["optimum"] - 0.344) < 1e-3
     assert abs(rows[(5, 20)]["trained"] - 0.231) <= 0.01
+
+
+def test_ltb_matches_gd_beta_while_linear_attention_keeps_a_gap_at_nonzero_task_mean(smoke):
+    rows = {r["beta_star"]: r for r in smoke("icl-ltb")["metrics"]["rows"]}
+    assert rows[0.0]["LTB"] <= 1.05 * rows[0.0]["GD-beta"] and rows[0.0]["LSA"] <= 1.05 * rows[0.0]["GD-beta"]
+    assert rows[3.0]["LTB"] <= 1.05 * rows[3.0]["GD-beta"] < rows[3.0]["LSA"] / 1.2

@@ -3,4 +3,5 @@
 # name -> module that registers it (imported only when the experiment runs)
 EXPERIMENTS: dict[str, str] = {
     "icl-linear-attention": "simulations.icl.linear_attention",
+    "icl-ltb": "simulations.icl.ltb",
 }
