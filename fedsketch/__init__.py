@@ -11,6 +11,7 @@ from typing import Any
 _EXPORTS = {
     "CountSketch": "fedsketch.sketch",
     "multiround_estimate": "fedsketch.hybrid",
+    "round_sketch": "fedsketch.hybrid",
     "TwoPhaseSizer": "fedsketch.sizing",
     "SecureSum": "fedsketch.secure_sum",
     "InProcessSecureSum": "fedsketch.secure_sum",
@@ -18,6 +19,9 @@ _EXPORTS = {
     "DiscreteGaussianNoise": "fedsketch.privacy",
     "linf_error": "fedsketch.metrics",
     "l2_error": "fedsketch.metrics",
+    "tail_norm": "fedsketch.metrics",
+    "synthetic_instance": "fedsketch.instances",
+    "FFEInstance": "fedsketch.instances",
 }
 __all__ = sorted(_EXPORTS)
 
