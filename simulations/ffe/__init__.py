@@ -1,4 +1,7 @@
-"""ffe experiments."""
+"""ffe experiments: federated frequency estimation with count sketches (issue 2, Part 3)."""
 
 # name -> module that registers it (imported only when the experiment runs)
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "ffe-single": "simulations.ffe.single",
+    "ffe-multiround": "simulations.ffe.multiround",
+}

@@ -1,0 +1,133 @@
+"""Shared pieces of the ffe experiments: per-round count vectors, round sketches, seed summaries, slopes.
+
+Fast path used by every sweep: a round's secure sum is the sum of its clients' count sketches, and the sketch is
+linear, so the summed table equals the sketch of the round's whole count vector. We therefore encode each round's
+count vector once (`CountSketch.encode(ids, counts)`) instead of encoding every client and summing; the masking
+and per-client noise paths are exercised by `fedsketch`'s own tests and the Flower app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedsketch.hybrid import multiround_estimate
+from fedsketch.sketch import CountSketch
+
+INSTANCE_KINDS = ("homogeneous", "heterogeneous", "shakespeare")
+
+#: Names of the multi-round estimators compared by the experiments, in plotting order.
+ESTIMATORS = ("hybrid", "shared", "pooled", "count_mean")
+
+
+def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
+    """ValueError naming `name` unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    """ValueError naming `name` unless lo <= value <= hi."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+
+
+def hash_seeds(master: int, n: int) -> list[int]:
+    """`n` independent 32-bit hash seeds derived from `master` (one per round)."""
+    ss = np.random.SeedSequence(master)
+    return [int(s.generate_state(1)[0]) for s in ss.spawn(n)]
+
+
+def shakespeare_round_counts(rounds: int, seed: int) -> np.ndarray:
+    """(rounds, d) word counts: Tiny Shakespeare's speaking roles shuffled (seeded) and split into `rounds` cohorts.
+
+    Each role is one client and takes part in exactly one round, as in the multi-round model.
+    """
+    from simulations.datasets import load_shakespeare
+
+    corpus = load_shakespeare()
+    if not 1 <= rounds <= corpus.n_clients:
+        raise ValueError(f"rounds must be in [1, {corpus.n_clients}] for Shakespeare, got {rounds}")
+    order = np.random.default_rng(seed).permutation(corpus.n_clients)
+    out = np.zeros((rounds, corpus.d), dtype=np.int64)
+    for t, group in enumerate(np.array_split(order, rounds)):
+        items = np.concatenate([corpus.client_items[c] for c in group]) if len(group) else np.zeros(0, np.int64)
+        out[t] = np.bincount(items, minlength=corpus.d)
+    return out
+
+
+def encode_rounds(round_counts: np.ndarray, seeds: Sequence[int], depth: int, width: int) -> list[np.ndarray]:
+    """Each round's secure-sum table, as the sketch of that round's count vector (by linearity)."""
+    d = round_counts.shape[1]
+    tables = []
+    for t, counts in enumerate(round_counts):
+        ids = np.flatnonzero(counts)
+        tables.append(CountSketch(depth, width, seeds[t], domain=d).encode(ids, counts[ids]))
+    return tables
+
+
+def estimate_all(
+    round_counts: np.ndarray, master_seed: int, depth: int, width: int, estimators: Sequence[str] = ESTIMATORS
+) -> dict[str, np.ndarray]:
+    """Count estimates of every estimator for the same rounds, at equal per-round communication (R x W each).
+
+    `hybrid`, `pooled` and `count_mean` decode the *same* fresh-hash tables (one protocol, three decoders);
+    `shared` re-runs the rounds with every round hashed by the first seed.
+    """
+    m, d = round_counts.shape
+    seeds = hash_seeds(master_seed, m)
+    out: dict[str, np.ndarray] = {}
+    fresh = encode_rounds(round_counts, seeds, depth, width) if set(estimators) - {"shared"} else []
+    kw = {"depth": depth, "width": width, "domain": d}
+    for name in estimators:
+        if name == "shared":
+            shared = encode_rounds(round_counts, [seeds[0]] * m, depth, width)
+            out[name] = multiround_estimate(shared, seeds[:1], method="shared", **kw)
+        elif name == "count_mean":
+            out[name] = multiround_estimate(fresh, seeds, method="pooled", decode="mean", **kw)
+        elif name in ("hybrid", "pooled"):
+            out[name] = multiround_estimate(fresh, seeds, method=name, **kw)
+        else:
+            raise ValueError(f"estimators must be drawn from {list(ESTIMATORS)}, got {name!r}")
+    return out
+
+
+def summarize(values: Sequence[float]) -> dict[str, float | list[float]]:
+    """Mean, median, min and max over seeds, with the per-seed values kept."""
+    v = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "values": [float(x) for x in v],
+    }
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(y) against log(x)."""
+    x = np.log(np.asarray(xs, dtype=np.float64))
+    y = np.log(np.maximum(np.asarray(ys, dtype=np.float64), 1e-12))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def synthetic_round_counts(
+    kind: str, rounds: int, items_per_round: int, d: int, zipf_s: float, seed: int
+) -> np.ndarray:
+    """(rounds, d) per-round counts of a synthetic Zipf(s) instance.
+
+    `homogeneous`: every round draws its items i.i.d. from the same Zipf(s) law over [0, d).
+    `heterogeneous`: each round permutes the item ranking afresh, so each round has its own heavy hitters.
+    TEMPORARY: replaced by `fedsketch.instances` once it lands.
+    """
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, d + 1, dtype=np.float64) ** zipf_s
+    p /= p.sum()
+    out = np.zeros((rounds, d), dtype=np.int64)
+    for t in range(rounds):
+        items = rng.choice(d, items_per_round, p=p)
+        if kind == "heterogeneous":
+            items = rng.permutation(d)[items]
+        out[t] = np.bincount(items, minlength=d)
+    return out
