@@ -5,3 +5,4 @@ EXPERIMENTS: dict[str, str] = {
     "ffe-single": "simulations.ffe.single",
     "ffe-multiround": "simulations.ffe.multiround",
 }
+EXPERIMENTS["ffe-dp"] = "simulations.ffe.dp"

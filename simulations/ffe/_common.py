@@ -112,22 +112,20 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def synthetic_round_counts(
-    kind: str, rounds: int, items_per_round: int, d: int, zipf_s: float, seed: int
-) -> np.ndarray:
-    """(rounds, d) per-round counts of a synthetic Zipf(s) instance.
 
-    `homogeneous`: every round draws its items i.i.d. from the same Zipf(s) law over [0, d).
-    `heterogeneous`: each round permutes the item ranking afresh, so each round has its own heavy hitters.
-    TEMPORARY: replaced by `fedsketch.instances` once it lands.
+def synthetic_round_counts(
+    kind: str, rounds: int, items_per_round: int, d: int, zipf_s: float, seed: int, *, law: str = "zipf",
+    support: int = 64, tail_mass: float = 0.01,
+) -> np.ndarray:
+    """(rounds, d) per-round counts of a `fedsketch.instances` instance, one item per client.
+
+    `kind="homogeneous"`: every round draws i.i.d. from the same law over [0, d) (`law`: zipf, near_sparse,
+    uniform). `"heterogeneous"`: each round permutes the item ranking afresh, so each round has its own heavy hitters.
     """
-    rng = np.random.default_rng(seed)
-    p = 1.0 / np.arange(1, d + 1, dtype=np.float64) ** zipf_s
-    p /= p.sum()
-    out = np.zeros((rounds, d), dtype=np.int64)
-    for t in range(rounds):
-        items = rng.choice(d, items_per_round, p=p)
-        if kind == "heterogeneous":
-            items = rng.permutation(d)[items]
-        out[t] = np.bincount(items, minlength=d)
-    return out
+    from fedsketch.instances import synthetic_instance
+
+    inst = synthetic_instance(
+        law, d, rounds, items_per_round, 1, heterogeneous=kind == "heterogeneous", zipf_s=zipf_s,
+        support=support, tail_mass=tail_mass, seed=seed,
+    )
+    return np.stack([inst.round_counts(t) for t in range(rounds)]).astype(np.int64)
