@@ -238,8 +238,11 @@ class DistributedNoise(ABC):
         _check_int("num_clients", self.num_clients)
 
     @abstractmethod
-    def rdp(self, sensitivity: Sensitivity, dim: int = 1, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
-        """RDP of one round at ``orders`` for a client of the given sensitivity (``dim`` = vector length)."""
+    def rdp(self, sensitivity: Sensitivity, dim: int | None = None, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
+        """RDP of one round at ``orders`` for a client of the given sensitivity.
+
+        ``dim`` is the summed vector's length (depth * width); the discrete Gaussian's bound needs it,
+        Skellam's does not."""
 
     @abstractmethod
     def _draw(self, gen: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -260,7 +263,7 @@ class DistributedNoise(ABC):
         *,
         rounds: int = 1,
         composition: Composition = "disjoint",
-        dim: int = 1,
+        dim: int | None = None,
         orders: tuple[int, ...] = ORDERS,
     ) -> float:
         """(eps, delta)-DP of ``rounds`` rounds against the server seeing only each round's secure sum.
@@ -284,7 +287,7 @@ class DistributedNoise(ABC):
         num_clients: int = 1,
         rounds: int = 1,
         composition: Composition = "disjoint",
-        dim: int = 1,
+        dim: int | None = None,
         secure_mode: bool = False,
     ) -> DistributedNoise:
         """The mechanism with the smallest sum variance (to 1e-6 relative) that is (target_epsilon, delta)-DP."""
@@ -309,7 +312,7 @@ class SkellamNoise(DistributedNoise):
 
     name: ClassVar[str] = "skellam"
 
-    def rdp(self, sensitivity: Sensitivity, dim: int = 1, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
+    def rdp(self, sensitivity: Sensitivity, dim: int | None = None, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
         return skellam_rdp(orders, self.variance, sensitivity)
 
     def _draw(self, gen: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -333,7 +336,9 @@ class DiscreteGaussianNoise(DistributedNoise):
 
     name: ClassVar[str] = "discrete_gaussian"
 
-    def rdp(self, sensitivity: Sensitivity, dim: int = 1, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
+    def rdp(self, sensitivity: Sensitivity, dim: int | None = None, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
+        if dim is None:
+            raise ValueError("dim is required for the discrete Gaussian: the summed vector's length (depth * width)")
         return discrete_gaussian_rdp(orders, self.variance, sensitivity, self.num_clients, dim)
 
     def _draw(self, gen: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -376,7 +381,7 @@ def calibrate(
     num_clients: int = 1,
     rounds: int = 1,
     composition: Composition = "disjoint",
-    dim: int = 1,
+    dim: int | None = None,
     rtol: float = 1e-6,
 ) -> float:
     """Smallest sum variance whose mechanism is (target_epsilon, delta)-DP, by bisection on log-variance.

@@ -173,6 +173,7 @@ def test_item_cap_subsamples_only_clients_over_the_cap_and_counts_the_drop():
         (lambda: SkellamNoise(1.0).epsilon(1e-5, sketch_sensitivity(5), rounds=0), "rounds"),
         (lambda: SkellamNoise(1.0).epsilon(1e-5, sketch_sensitivity(5), composition="serial"), "composition"),
         (lambda: DiscreteGaussianNoise(1.0).epsilon(1e-5, sketch_sensitivity(5), dim=0), "dim"),
+        (lambda: DiscreteGaussianNoise(1.0).epsilon(1e-5, sketch_sensitivity(5)), "dim is required"),
         (lambda: sketch_sensitivity(0), "depth"),
         (lambda: sketch_sensitivity(5, item_cap=0), "item_cap"),
         (lambda: cap_items(np.arange(3), cap=0, seed=0), "cap"),
