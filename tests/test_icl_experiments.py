@@ -27,3 +27,10 @@ def test_ltb_matches_gd_beta_while_linear_attention_keeps_a_gap_at_nonzero_task_
     rows = {r["beta_star"]: r for r in smoke("icl-ltb")["metrics"]["rows"]}
     assert rows[0.0]["LTB"] <= 1.05 * rows[0.0]["GD-beta"] and rows[0.0]["LSA"] <= 1.05 * rows[0.0]["GD-beta"]
     assert rows[3.0]["LTB"] <= 1.05 * rows[3.0]["GD-beta"] < rows[3.0]["LSA"] / 1.2
+
+
+def test_task_count_plateaus_near_the_infinite_task_optimum_by_1000_tasks(smoke):
+    m = smoke("icl-task-count")["metrics"]["mse"]
+    assert m["K=1000"] <= 1.10 * m["Gamma*"]
+    assert m["K=10"] > m["K=1000"]  # a pool of 10 tasks is measurably worse
+    assert m["ridge"] < m["Gamma*"] <= 2.0 * m["ridge"]

@@ -4,4 +4,5 @@
 EXPERIMENTS: dict[str, str] = {
     "icl-linear-attention": "simulations.icl.linear_attention",
     "icl-ltb": "simulations.icl.ltb",
+    "icl-task-count": "simulations.icl.task_count",
 }

@@ -1,0 +1,132 @@
+"""icl-task-count: how many pretraining tasks a single linear-attention layer needs (Wu et al., ICLR 2024).
+
+Setting: d=20, n=40, x ~ N(0, H) with a decaying spectrum λ_i ∝ i⁻² (tr H = 1), w ~ N(0, I), σ² = 0.25. The
+model is Wu et al.'s single-layer, linearly parameterized attention ŷ = x_qᵀ Γ (1/n) Σ y_i x_i (our restricted
+1-layer `LinearAttention`), pretrained on a finite pool of K tasks (w's fixed by a seed; x and noise fresh every
+prompt) for K ∈ {10, 100, 1000, 10⁴}, and on fresh tasks (K = ∞) as a check, then tested on *new* tasks.
+
+The infinite-task optimum is Γ* = (((n+1)/n)H + ((tr H + σ²)/n)I)⁻¹; its error is evaluated on the same held-out
+prompts. Claims: the error is within 10% of Γ*'s by K = 1000 and stays there at 10⁴ (the plateau), and Γ*'s
+error is within a small factor (≤ 2; measured ≈ 1.35) of the Bayes-optimal ridge (λ = σ²), which a one-step
+estimator can approach only because the spectrum decays (in the isotropic proportional regime the factor is
+> 10, notes §2.4). Γ*'s entries reach ~30 along the small eigen-directions, hence the large AdamW step size. The finite pool, trained to convergence, stands in for Wu et al.'s one-pass SGD over K tasks
+(one new task per step); it isolates the effect of the task count from optimization noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.icl import LinearAttention, TaskConfig
+from models.icl import baselines as bl
+from simulations.icl._common import check_device, evaluate, gd_predictor, model_predictor, seed_all, train
+from simulations.registry import Claim, register
+from simulations.results import finalize, new_figure, save_figure
+
+NAME = "icl-task-count"
+
+
+@dataclass(frozen=True)
+class Config:
+    """task_counts: pool sizes K (0 means fresh tasks, K = ∞); decay: λ_i ∝ i^(−decay)."""
+
+    d: int = 20
+    n: int = 40
+    noise_var: float = 0.25
+    decay: float = 2.0
+    task_counts: tuple[int, ...] = (10, 100, 1000, 10_000, 0)
+    plateau_at: int = 1000
+    steps: int = 3000
+    batch_size: int = 4096
+    lr: float = 0.2
+    eval_prompts: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.d < 1 or self.n < 1:
+            raise ValueError(f"d and n must be >= 1, got {self.d}, {self.n}")
+        if not self.noise_var >= 0 or not self.decay >= 0:
+            raise ValueError(f"noise_var and decay must be >= 0, got {self.noise_var}, {self.decay}")
+        if not self.task_counts or any(k < 0 for k in self.task_counts):
+            raise ValueError(f"task_counts must be non-empty, each >= 0 (0 = infinite), got {self.task_counts}")
+        if self.plateau_at not in self.task_counts:
+            raise ValueError(f"plateau_at must be one of task_counts {self.task_counts}, got {self.plateau_at}")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_prompts < 1:
+            raise ValueError(f"steps, batch_size, eval_prompts must be >= 1, got {self.steps}, "
+                             f"{self.batch_size}, {self.eval_prompts}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_device(self.device)
+
+    @classmethod
+    def smoke(cls) -> Config:
+        return cls(task_counts=(10, 100, 1000, 0), steps=400, batch_size=512, eval_prompts=20_000)
+
+
+def spectrum(d: int, decay: float) -> tuple[float, ...]:
+    """λ_i = i^(−decay), normalized to sum 1."""
+    ev = torch.arange(1, d + 1, dtype=torch.float64).pow(-decay)
+    return tuple((ev / ev.sum()).tolist())
+
+
+def run(config: Config, out_dir: Path) -> dict:
+    seed_all(config.seed)
+    c = config
+    ev = spectrum(c.d, c.decay)
+
+    def task(k: int) -> TaskConfig:
+        return TaskConfig(d=c.d, n=c.n, noise_var=c.noise_var, cov="fixed", eigvals=ev,
+                          num_tasks=k or None, pool_seed=c.seed + 7)
+
+    preds, curves = {}, {}
+    for k in c.task_counts:
+        model = LinearAttention(c.d, 1, param="restricted", seed=c.seed)
+        curves[str(k or "inf")] = train(model, task(k), steps=c.steps, batch_size=c.batch_size, lr=c.lr,
+                                        device=c.device, seed=c.seed)
+        preds[f"K={k or 'inf'}"] = model_predictor(model)
+    h = torch.diag(torch.tensor(ev, dtype=torch.float32, device=c.device))
+    preds["Gamma*"] = gd_predictor(1, 1.0, bl.lsa_optimal_gamma(h, c.n, c.noise_var))
+    preds["ridge"] = lambda x, y: bl.ridge(x[:, :-1], y[:, :-1], x[:, -1], c.noise_var)
+    mse = evaluate(preds, task(0), prompts=c.eval_prompts, device=c.device, seed=c.seed + 1000)
+    metrics = {"mse": mse, "spectrum": ev, "curves": curves,
+               "by_K": {str(k): mse[f"K={k or 'inf'}"] for k in c.task_counts}}
+
+    fig, axes = new_figure(1, 1)
+    ax = axes[0, 0]
+    finite = sorted(k for k in c.task_counts if k)
+    ax.plot(finite, [mse[f"K={k}"] for k in finite], "o-", label="trained 1-layer LSA (test on new tasks)")
+    if 0 in c.task_counts:
+        ax.axhline(mse["K=inf"], color="C0", ls=":", label="trained, fresh tasks (K=inf)")
+    ax.axhline(mse["Gamma*"], color="k", ls="--", label="infinite-task optimum Gamma*")
+    ax.axhline(mse["ridge"], color="C2", ls="--", label="Bayes ridge")
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining tasks K")
+    ax.set_ylabel("ICL risk (incl. noise)")
+    ax.set_title(f"d={c.d}, n={c.n}, λ_i ∝ i^-{c.decay:g}, σ²={c.noise_var:g}")
+    ax.legend(fontsize=7)
+    save_figure(fig, out_dir, "task_count.png")
+    return finalize(out_dir, NAME, config, metrics, claims, seed=c.seed, device=c.device)
+
+
+def claims(result: dict) -> list[Claim]:
+    """Plateau within 10% of Γ* by K = plateau_at (and at every larger K); Γ* within 2× of Bayes ridge."""
+    m, cfg = result["metrics"]["mse"], result["config"]
+    opt = m["Gamma*"]
+    out = []
+    for k in sorted(k for k in cfg["task_counts"] if k >= cfg["plateau_at"]):
+        r = m[f"K={k}"] / opt
+        out.append(Claim(f"K={k}: error / infinite-task optimum", r, 1.10, r <= 1.10))
+    small = min(k for k in cfg["task_counts"] if k)
+    r_small = m[f"K={small}"] / opt
+    out.append(Claim(f"K={small}: error / optimum (few tasks are worse)", r_small, 1.10, r_small > 1.10,
+                     strict=False))
+    factor = opt / m["ridge"]
+    out.append(Claim("infinite-task optimum / Bayes ridge (small factor)", factor, 2.0, factor <= 2.0))
+    return out
+
+
+register(NAME, Config, run, claims, __doc__)
