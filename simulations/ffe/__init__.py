@@ -6,3 +6,4 @@ EXPERIMENTS: dict[str, str] = {
     "ffe-multiround": "simulations.ffe.multiround",
 }
 EXPERIMENTS["ffe-dp"] = "simulations.ffe.dp"
+EXPERIMENTS["ffe-two-phase"] = "simulations.ffe.two_phase"

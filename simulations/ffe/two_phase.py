@@ -1,0 +1,223 @@
+"""ffe-two-phase: the width the two-phase sizer picks vs the smallest width that meets the target (oracle search).
+
+`fedsketch.sizing.TwoPhaseSizer` spends the first round on a small hybrid sketch (width W1), estimates the
+instance's tail profile from it and picks the phase-2 width for a target l_inf error on the frequency scale; the
+remaining rounds run the hybrid sketch at that width and all rounds' estimates are summed. Over instances from
+near-sparse to heavy-tailed (near-sparse, Zipf(1.5), Zipf(1.1), Zipf(0.8), uniform) we record, per seed:
+the chosen width, the error reached, the **oracle width** (the smallest width on a geometric grid, step 2^(1/4),
+at which the same protocol - same phase 1, same hashes, same data - meets the target; binary search, assuming the
+error is non-increasing in the width) and the **worst-case width** (the sizer's rule with no knowledge of the
+instance: every round at the largest tail norm its item count allows).
+
+Fast path: each round's secure sum is the sketch of all the round's items (linearity), as in `TwoPhaseSizer.run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fedsketch.hybrid import hybrid_estimate
+from fedsketch.instances import synthetic_instance
+from fedsketch.metrics import linf_error
+from fedsketch.sizing import TwoPhaseSizer
+from simulations.ffe._common import check_range, summarize
+from simulations.registry import Claim, register
+from simulations.results import finalize, new_figure, save_figure
+
+NAME = "ffe-two-phase"
+INSTANCES = ("near_sparse", "zipf-1.5", "zipf-1.1", "zipf-0.8", "uniform")
+
+
+def _law(name: str) -> tuple[str, float]:
+    """'zipf-1.5' -> ('zipf', 1.5); 'near_sparse' -> ('near_sparse', 0.0)."""
+    if name.startswith("zipf-"):
+        return "zipf", float(name[5:])
+    return name, 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Full size: d = 20,000, 8 rounds of 4,000 clients (one item each), target l_inf = 0.001 (32 counts)."""
+
+    d: int = 20_000
+    depth: int = 5
+    rounds: int = 8
+    phase1_rounds: int = 1
+    phase1_width: int = 256
+    clients_per_round: int = 4_000
+    target_error: float = 0.001
+    instances: tuple[str, ...] = INSTANCES
+    light_tailed: tuple[str, ...] = ("near_sparse", "zipf-1.5")
+    max_width: int = 1 << 16
+    combine: str = "phase2"
+    error_constant: float = 1.0
+    seeds: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("d", self.d, 16, 10**7)
+        check_range("depth", self.depth, 1, 64)
+        check_range("rounds", self.rounds, 2, 10_000)
+        check_range("phase1_rounds", self.phase1_rounds, 1, self.rounds - 1)
+        check_range("phase1_width", self.phase1_width, 2, 1 << 24)
+        check_range("clients_per_round", self.clients_per_round, 1, 10**8)
+        check_range("max_width", self.max_width, 16, 1 << 24)
+        check_range("seeds", self.seeds, 1, 10_000)
+        check_range("seed", self.seed, 0, 2**32 - 1)
+        if not 0.0 < self.target_error < 1.0:
+            raise ValueError(f"target_error must be in (0, 1) (frequency scale), got {self.target_error!r}")
+        for field_name, names in (("instances", self.instances), ("light_tailed", self.light_tailed)):
+            bad = [n for n in names if n not in ("near_sparse", "uniform") and not _is_zipf(n)]
+            if bad:
+                raise ValueError(f"{field_name} must name near_sparse, uniform or zipf-<s> (s in [0, 10]), got {bad}")
+        if self.combine not in ("all", "phase2"):
+            raise ValueError(f"combine must be 'all' or 'phase2', got {self.combine!r}")
+        check_range("error_constant", self.error_constant, 1e-3, 1e3)
+        if not self.instances:
+            raise ValueError("instances must name at least one instance, got ()")
+
+    @classmethod
+    def smoke(cls) -> Config:
+        """A few seconds: smaller domain and rounds, three instances, few seeds."""
+        return cls(d=5_000, rounds=6, clients_per_round=2_000, target_error=0.002,
+                   instances=("near_sparse", "zipf-1.5", "uniform"), seeds=4)
+
+
+def _is_zipf(name: str) -> bool:
+    try:
+        return name.startswith("zipf-") and 0.0 <= float(name[5:]) <= 10.0
+    except ValueError:
+        return False
+
+
+def _grid(lo: int, hi: int) -> list[int]:
+    """Geometric width grid lo * 2^(k/4) up to hi (distinct integers)."""
+    out = sorted({int(round(lo * 2 ** (k / 4))) for k in range(0, 4 * int(np.log2(hi / lo)) + 1)})
+    return [w for w in out if w <= hi]
+
+
+def _oracle(sizer: TwoPhaseSizer, items: list[np.ndarray], phase1: np.ndarray, truth: np.ndarray,
+            grid: list[int]) -> tuple[int, int]:
+    """Smallest grid width whose phase-2 hybrid (same phase 1, hashes, data) meets the target; and #evaluations."""
+    seeds = sizer.seeds(len(items))
+    m1 = sizer.phase1_rounds
+
+    def meets(w: int) -> bool:
+        tables = [sizer.sketch(t, w, seeds).encode(items[t]) for t in range(m1, len(items))]
+        est = hybrid_estimate(tables, seeds[m1:], sizer.depth, w, domain=sizer.domain)
+        if sizer.combine == "all":
+            est = est + phase1
+        else:  # phase 2 alone, rescaled to the whole population (as TwoPhaseSizer.run does)
+            est = est * (sum(x.size for x in items) / max(sum(x.size for x in items[m1:]), 1))
+        return linf_error(est, truth, scale="frequency") <= sizer.target_error
+
+    lo, hi, evals = 0, len(grid) - 1, 0
+    if not meets(grid[hi]):
+        return grid[hi], 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        evals += 1
+        if meets(grid[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return grid[lo], evals + 1
+
+
+def run(config: Config, out_dir: Path) -> dict:
+    """Per instance and seed: run the two-phase sizer, measure its error, search the oracle width."""
+    grid = _grid(16, config.max_width)
+    per: dict = {}
+    bar = tqdm(total=len(config.instances) * config.seeds, desc=NAME, leave=False)
+    for name in config.instances:
+        law, s = _law(name)
+        rec: dict[str, list] = {k: [] for k in ("chosen", "oracle", "error", "predicted", "met", "total_ints")}
+        worst = None
+        for k in range(config.seeds):
+            data_seed = config.seed * 100_003 + k
+            inst = synthetic_instance(law, config.d, config.rounds, config.clients_per_round, 1,
+                                      zipf_s=s or 1.1, seed=data_seed)
+            sizer = TwoPhaseSizer(config.target_error, config.d, depth=config.depth,
+                                  phase1_width=config.phase1_width, phase1_rounds=config.phase1_rounds,
+                                  max_width=config.max_width, combine=config.combine,
+                                  error_constant=config.error_constant, seed=data_seed + 17)
+            res = sizer.run(inst.items, config.clients_per_round)
+            truth = inst.counts
+            err = linf_error(res.estimate, truth, scale="frequency")
+            oracle, _ = _oracle(sizer, inst.items, res.plan.phase1_estimate, truth, grid)
+            worst = sizer.worst_case_width([x.size for x in inst.items])
+            for key, val in (("chosen", res.width), ("oracle", oracle), ("error", err),
+                             ("predicted", res.predicted_error), ("met", err <= config.target_error),
+                             ("total_ints", res.total_ints)):
+                rec[key].append(val)
+            bar.update()
+        ratio = [c / o for c, o in zip(rec["chosen"], rec["oracle"])]
+        per[name] = {
+            "chosen_width": summarize(rec["chosen"]),
+            "oracle_width": summarize(rec["oracle"]),
+            "chosen_over_oracle": summarize(ratio),
+            "worst_case_width": worst,
+            "chosen_over_worst": float(np.median(rec["chosen"])) / worst,
+            "linf_frequency_error": summarize(rec["error"]),
+            "predicted_error": summarize(rec["predicted"]),
+            "target_met_fraction": float(np.mean(rec["met"])),
+            "total_ints": summarize(rec["total_ints"]),
+            "worst_case_total_ints": config.clients_per_round * config.depth * (
+                config.phase1_rounds * config.phase1_width + (config.rounds - config.phase1_rounds) * worst),
+        }
+    bar.close()
+    met = [m for p in per.values() for m in [p["target_met_fraction"]]]
+    metrics = {"instances": per, "target_met_fraction": float(np.mean(met)), "width_grid": grid}
+    _plot(config, per, out_dir)
+    return finalize(out_dir, NAME, config, metrics, claims, seed=config.seed)
+
+
+def _plot(config: Config, per: dict, out_dir: Path) -> None:
+    fig, axes = new_figure(1, 2, size=(11.0, 3.8))
+    names = list(per)
+    x = np.arange(len(names))
+    ax = axes[0][0]
+    for off, key, label in ((-0.25, "chosen_width", "two-phase (chosen)"), (0.0, "oracle_width", "oracle (search)")):
+        med = [per[n][key]["median"] for n in names]
+        err = [[m - per[n][key]["min"] for m, n in zip(med, names)], [per[n][key]["max"] - m for m, n in zip(med, names)]]
+        ax.bar(x + off, med, width=0.25, yerr=err, label=label, capsize=2)
+    ax.bar(x + 0.25, [per[n]["worst_case_width"] for n in names], width=0.25, label="worst case")
+    ax.set_yscale("log", base=2)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("phase-2 width W")
+    ax.set_title(f"target l_inf = {config.target_error:g} (frequency)")
+    ax.legend(fontsize=7)
+    ax = axes[0][1]
+    for i, n in enumerate(names):
+        vals = per[n]["linf_frequency_error"]["values"]
+        ax.scatter(np.full(len(vals), i), vals, s=12)
+    ax.axhline(config.target_error, color="k", ls="--", label="target")
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("l_inf frequency error (per seed)")
+    ax.legend(fontsize=7)
+    save_figure(fig, out_dir, "two_phase.png")
+
+
+def claims(result: dict) -> list[Claim]:
+    """Target met in >= 90% of runs; chosen width <= 2x oracle (median over seeds, worst instance); on light-tailed
+    instances the chosen width <= 1/4 of the worst-case width."""
+    met, cfg = result["metrics"], result["config"]
+    per = met["instances"]
+    frac = met["target_met_fraction"]
+    ratio = max(p["chosen_over_oracle"]["median"] for p in per.values())
+    out = [
+        Claim("target l_inf met in >= 90% of (instance, seed) runs", frac, 0.9, frac >= 0.9),
+        Claim("chosen width / oracle width <= 2 (median over seeds, worst instance)", ratio, 2.0, ratio <= 2.0),
+    ]
+    light = [n for n in cfg["light_tailed"] if n in per]
+    if light:
+        r = max(per[n]["chosen_over_worst"] for n in light)
+        out.append(Claim("light-tailed: chosen width / worst-case width <= 1/4", r, 0.25, r <= 0.25))
+    return out
+
+
+register(NAME, Config, run, claims, __doc__ or "")
