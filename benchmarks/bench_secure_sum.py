@@ -2,7 +2,7 @@
 
 Reports the median of ``--repeats`` runs (>= 5) of each timing, all measured in this process:
   floor      np.sum(x, axis=0) over the same (n, L) int64 array (no security at all)
-  prg floor  only the Philox mask expansion the protocol needs (one L-word mask per pair + 2 self masks
+  prg floor  only the PRG mask expansion the protocol needs (one L-word mask per pair + 2 self masks
              per survivor), without adding it anywhere: the unavoidable cost of this masking scheme
   secure     InProcessSecureSum(...).sum(x): validation, masking, server sum, unmasking, lift to int64
 and the ratio secure / floor.  Run:  python benchmarks/bench_secure_sum.py [--clients N --length L]
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--modulus-bits", type=int, default=32)
     ap.add_argument("--neighbours", type=int, nargs="*", default=[0, 8], help="0 = default 2*ceil(log2 n)")
+    ap.add_argument("--prg", nargs="*", default=["sfc64", "philox"], choices=["sfc64", "philox"])
     args = ap.parse_args()
     if args.repeats < 5:
         raise SystemExit("--repeats must be >= 5 (medians of at least 5 runs)")
@@ -48,10 +49,10 @@ def main() -> None:
     floor = _median_time(lambda: np.sum(x, axis=0), args.repeats)
     print(f"clients={n} length={length} modulus_bits={args.modulus_bits} repeats={args.repeats}")
     print(f"floor np.sum(axis=0) over ({n}, {length}) int64: median {floor * 1e3:.1f} ms")
-    print("| neighbours | pairs | secure sum median (s) | ratio to np.sum | PRG-only floor (s) | secure / PRG floor |")
-    print("|---|---|---|---|---|---|")
-    for k in args.neighbours:
-        ss = InProcessSecureSum(args.modulus_bits, seed=1, neighbours=None if k == 0 else k)
+    print("| PRG | neighbours | pairs | secure sum median (s) | ratio to np.sum | PRG-only floor (s) | secure / PRG floor |")
+    print("|---|---|---|---|---|---|---|")
+    for prg, k in [(p, k) for p in args.prg for k in args.neighbours]:
+        ss = InProcessSecureSum(args.modulus_bits, seed=1, neighbours=None if k == 0 else k, prg=prg)
         pairs = ss.mask_graph(n)
         res = ss.sum(x)
         assert np.array_equal(res.total, want), "secure sum is not exact"
@@ -65,7 +66,7 @@ def main() -> None:
 
         prg = _median_time(prg_only, args.repeats)
         label = f"{2 * ((k + 1) // 2)}" if k else f"default ({len(pairs) * 2 // n})"
-        print(f"| {label} | {len(pairs)} | {secure:.2f} | {secure / floor:.0f}x | {prg:.2f} | {secure / prg:.2f} |")
+        print(f"| {prg} | {label} | {len(pairs)} | {secure:.2f} | {secure / floor:.0f}x | {prg:.2f} | {secure / prg:.2f} |")
 
 
 if __name__ == "__main__":

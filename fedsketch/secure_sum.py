@@ -13,8 +13,8 @@ keys of dropped clients are revealed, as the surviving neighbours would do from 
 self masks of the survivors (their keys are revealed), and is left with ``sum_{i alive} x_i mod 2^k``.
 
 What is simulated and what is not.  Keys are derived from one seed (``SeedSequence(seed,
-spawn_key=(round, tag, i, j))`` feeding a Philox PRG) instead of Diffie-Hellman agreement, and seed
-"revelation" is the server calling the same derivation.  The class is therefore a faithful model of what
+spawn_key=(round, tag, i, j))`` feeding a numpy PRG, SFC64 or Philox) instead of Diffie-Hellman
+agreement, and seed "revelation" is the server calling the same derivation.  The class is therefore a faithful model of what
 the *server sees* (masked vectors, their sum, the revealed keys) against an honest-but-curious server, not
 a cryptographic implementation: anyone holding ``seed`` can unmask every client.
 
@@ -43,6 +43,7 @@ import numpy as np
 MIN_MODULUS_BITS = 8
 MAX_MODULUS_BITS = 62
 _PAIR, _SELF, _GRAPH = 0, 1, 2  # spawn-key tags that keep the derived key streams apart
+_PRGS = {"sfc64": np.random.SFC64, "philox": np.random.Philox}
 
 
 def _check_bits(modulus_bits: int) -> int:
@@ -154,6 +155,10 @@ class InProcessSecureSum(SecureSum):
             ``>= n - 1`` -> every pair (the original Bonawitz protocol).
         min_survivors: the round aborts (``SecureSumAborted``) when fewer clients survive.
         self_masks: add Bonawitz' self masks b_i (protect a late upload of a client declared dropped).
+        prg: the generator that expands a key into a mask: ``"sfc64"`` (default, ~2.7x faster) or
+            ``"philox"`` (counter-based Philox-4x64-10).  Neither is a cryptographic PRG; a deployment
+            expands keys with AES-CTR / ChaCha20 / HMAC-DRBG.  Both pass BigCrush, which is all a
+            simulation of the server's view needs.
 
     Each call to ``sum`` is a fresh round (a new round id enters every key), so masks are never reused:
     reusing them would reveal the difference of a client's vectors between rounds.
@@ -167,6 +172,7 @@ class InProcessSecureSum(SecureSum):
         neighbours: int | None = None,
         min_survivors: int = 1,
         self_masks: bool = True,
+        prg: str = "sfc64",
     ) -> None:
         self.modulus_bits = _check_bits(modulus_bits)
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -175,6 +181,9 @@ class InProcessSecureSum(SecureSum):
             raise ValueError(f"neighbours must be >= 2 (or None for 2*ceil(log2 n)), got {neighbours}")
         if min_survivors < 1:
             raise ValueError(f"min_survivors must be >= 1, got {min_survivors}")
+        if prg not in _PRGS:
+            raise ValueError(f"prg must be one of {sorted(_PRGS)}, got {prg!r}")
+        self.prg = prg
         self.seed = int(seed)
         self.neighbours = neighbours
         self.min_survivors = int(min_survivors)
@@ -247,10 +256,10 @@ class InProcessSecureSum(SecureSum):
     # ---- client side --------------------------------------------------------------------------------
 
     def _prg(self, round_id: int, tag: int, a: int, b: int, length: int) -> np.ndarray:
-        """Mask vector of ``length`` uniform words from the key of (round, tag, a, b): one Philox stream."""
+        """Mask vector of ``length`` uniform words from the key of (round, tag, a, b): one PRG stream."""
         dtype = _ring_dtype(self.modulus_bits)
         per_word = 8 // np.dtype(dtype).itemsize  # ring words per 64-bit PRG output
-        gen = np.random.Philox(np.random.SeedSequence(self.seed, spawn_key=(round_id, tag, a, b)))
+        gen = _PRGS[self.prg](np.random.SeedSequence(self.seed, spawn_key=(round_id, tag, a, b)))
         return gen.random_raw(-(-length // per_word)).view(dtype)[:length]
 
     def _mask_uploads(self, x: np.ndarray, alive: np.ndarray, pairs: np.ndarray, round_id: int) -> np.ndarray:
