@@ -158,14 +158,29 @@ class RowHashes:
 
         buckets = np.empty((self.depth, n), dtype=np.intp)
         signs = np.empty((self.depth, n), dtype=np.int8)
-        one, w = np.uint64(1), np.uint64(self.width)
         for r in range(self.depth):
             g = value(self._coef[r])
-            if self._sign_coef is not None:
-                s = value(self._sign_coef[r])
-            else:
-                s = g
-            np.subtract(1, 2 * (s & one).astype(np.int8), out=signs[r])
-            g >>= one
-            buckets[r] = g % w
+            s = g if self._sign_coef is None else value(self._sign_coef[r])
+            buckets[r], signs[r] = split(g, s, self.width)
         return buckets, signs
+
+    def raw(self, ids: np.ndarray) -> np.ndarray:
+        """The (R, n) uint64 polynomial values g_r(x) (without `sign_seed`): `split(g, g, W)` gives the buckets and
+        signs for any width W, so one evaluation serves many candidate widths (used by `fedsketch.sizing`)."""
+        if self._sign_coef is not None:
+            raise ValueError("raw hash values need sign_seed=None (buckets and signs from one polynomial)")
+        x = np.ascontiguousarray(ids, dtype=np.int64).astype(np.uint64)
+        if bool((x >= _P).any()):
+            raise ValueError(f"raw hash values need ids below 2^61 - 1, got max {int(x.max())}")
+        u_limbs = _limbs(x)
+        return np.stack([_poly(self._coef[r][0], *u_limbs) for r in range(self.depth)]) if x.size else np.zeros(
+            (self.depth, 0), dtype=np.uint64
+        )
+
+
+def split(g: np.ndarray, s: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Buckets (g >> 1) mod W as intp and signs 1 - 2 (s & 1) as int8 from polynomial values g (bucket) and s (sign)."""
+    one = np.uint64(1)
+    signs = (1 - 2 * (s & one).astype(np.int8)).astype(np.int8)
+    buckets = ((g >> one) % np.uint64(width)).astype(np.intp)
+    return buckets, signs
