@@ -16,6 +16,9 @@ import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from typing import Any
 
+_BASELINES = ("dp-sgd", "dp-rmsprop", "dp-adam", "dp-adagrad")
+_DP2 = ("dp2-rmsprop", "dp2-adagrad", "dp2-delayed")
+
 Job = tuple[str, dict[str, float], int]  # (method, hyperparameters, seed)
 
 
@@ -80,3 +83,40 @@ def mean_final(runs: list[dict], key: str) -> float:
     vals = [r["final"][key] for r in runs]
     vals = [float("inf") if v is None else v for v in vals]
     return sum(vals) / len(vals)
+
+
+def check_grid(cfg: Any) -> None:
+    """Grid values in range, and the same number of points for every method (the equal tuning budget)."""
+    for name in ("sgd_lrs", "adaptive_lrs", "clips", "dp2_lr2s", "dp2_clip2s"):
+        vals = getattr(cfg, name)
+        if not vals or any(not (0 < v < 1e4) for v in vals):
+            raise ValueError(f"{name} must be non-empty, each in (0, 1e4), got {vals}")
+    if len(cfg.sgd_lrs) * len(cfg.clips) != len(cfg.dp2_lr2s) * len(cfg.dp2_clip2s) or len(cfg.sgd_lrs) != len(
+        cfg.adaptive_lrs
+    ):
+        raise ValueError(
+            "equal tuning budget: len(sgd_lrs) == len(adaptive_lrs) and len(sgd_lrs)*len(clips) == "
+            f"len(dp2_lr2s)*len(dp2_clip2s), got {len(cfg.sgd_lrs)}, {len(cfg.adaptive_lrs)}, "
+            f"{len(cfg.clips)}, {len(cfg.dp2_lr2s)}, {len(cfg.dp2_clip2s)}"
+        )
+    if not 0 < cfg.adaptive_eps < 1 or not 0 < cfg.dp2_eps < 1:
+        raise ValueError(f"adaptive_eps and dp2_eps must be in (0, 1), got {cfg.adaptive_eps}, {cfg.dp2_eps}")
+    if not 0 < cfg.dp2_delay_epochs <= 100:
+        raise ValueError(f"dp2_delay_epochs must be in (0, 100], got {cfg.dp2_delay_epochs}")
+
+
+def grids(cfg: Any, steps_per_epoch: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """The baselines' and DP²'s grids (DP² points get α1/C1 from DP-SGD's best point at tuning time)."""
+    base: dict[str, list[dict]] = {}
+    for m in cfg.methods:
+        if m == "dp-sgd":
+            base[m] = [{"lr": lr, "clip": c} for lr in cfg.sgd_lrs for c in cfg.clips]
+        elif m in _BASELINES:
+            base[m] = [{"lr": lr, "clip": c, "eps": cfg.adaptive_eps} for lr in cfg.adaptive_lrs for c in cfg.clips]
+    delay = max(1, round(cfg.dp2_delay_epochs * steps_per_epoch))
+    dp2 = {
+        m: [{"lr2": a2, "clip2": c2, "eps": cfg.dp2_eps, "delay": delay} for a2 in cfg.dp2_lr2s for c2 in cfg.dp2_clip2s]
+        for m in cfg.methods
+        if m in _DP2
+    }
+    return base, dp2

@@ -25,13 +25,11 @@ from typing import Any
 import torch
 
 from simulations.dp import _dptrain as dt
-from simulations.dp._tuning import mean_final, tune_and_evaluate
+from simulations.dp._tuning import _BASELINES, _DP2, check_grid, grids, mean_final, tune_and_evaluate
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
 NAME = "dp2-imdb"
-_BASELINES = ("dp-sgd", "dp-rmsprop", "dp-adam", "dp-adagrad")
-_DP2 = ("dp2-rmsprop", "dp2-delayed")
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class Config:
         bad = [m for m in self.methods if m not in _BASELINES + _DP2]
         if "dp-sgd" not in self.methods or bad:
             raise ValueError(f"methods must include 'dp-sgd' and come from {_BASELINES + _DP2}, got {self.methods}")
-        _check_grid(self)
+        check_grid(self)
         if not self.seeds:
             raise ValueError("seeds must be non-empty")
         if not 1 <= self.evals <= 1000:
@@ -89,42 +87,6 @@ class Config:
             epsilons=(3.0,), epochs=6, methods=("dp-sgd", "dp-adam", "dp2-rmsprop"),
             sgd_lrs=(2.0, 8.0), adaptive_lrs=(0.01, 0.03), dp2_lr2s=(0.1, 0.3), seeds=(1, 2), evals=3,
         )
-
-
-def _check_grid(cfg: Any) -> None:
-    for name in ("sgd_lrs", "adaptive_lrs", "clips", "dp2_lr2s", "dp2_clip2s"):
-        vals = getattr(cfg, name)
-        if not vals or any(not (0 < v < 1e4) for v in vals):
-            raise ValueError(f"{name} must be non-empty, each in (0, 1e4), got {vals}")
-    if len(cfg.sgd_lrs) * len(cfg.clips) != len(cfg.dp2_lr2s) * len(cfg.dp2_clip2s) or len(cfg.sgd_lrs) != len(
-        cfg.adaptive_lrs
-    ):
-        raise ValueError(
-            "equal tuning budget: len(sgd_lrs) == len(adaptive_lrs) and len(sgd_lrs)*len(clips) == "
-            f"len(dp2_lr2s)*len(dp2_clip2s), got {len(cfg.sgd_lrs)}, {len(cfg.adaptive_lrs)}, "
-            f"{len(cfg.clips)}, {len(cfg.dp2_lr2s)}, {len(cfg.dp2_clip2s)}"
-        )
-    if not 0 < cfg.adaptive_eps < 1 or not 0 < cfg.dp2_eps < 1:
-        raise ValueError(f"adaptive_eps and dp2_eps must be in (0, 1), got {cfg.adaptive_eps}, {cfg.dp2_eps}")
-    if not 0 < cfg.dp2_delay_epochs <= 100:
-        raise ValueError(f"dp2_delay_epochs must be in (0, 100], got {cfg.dp2_delay_epochs}")
-
-
-def grids(cfg: Any, steps_per_epoch: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """The baselines' and DP²'s grids (DP² points get α1/C1 from DP-SGD's best point at tuning time)."""
-    base: dict[str, list[dict]] = {}
-    for m in cfg.methods:
-        if m == "dp-sgd":
-            base[m] = [{"lr": lr, "clip": c} for lr in cfg.sgd_lrs for c in cfg.clips]
-        elif m in _BASELINES:
-            base[m] = [{"lr": lr, "clip": c, "eps": cfg.adaptive_eps} for lr in cfg.adaptive_lrs for c in cfg.clips]
-    delay = max(1, round(cfg.dp2_delay_epochs * steps_per_epoch))
-    dp2 = {
-        m: [{"lr2": a2, "clip2": c2, "eps": cfg.dp2_eps, "delay": delay} for a2 in cfg.dp2_lr2s for c2 in cfg.dp2_clip2s]
-        for m in cfg.methods
-        if m in _DP2
-    }
-    return base, dp2
 
 
 _CTX: dict[str, Any] = {}  # set by run() before the (forked) workers start
@@ -208,7 +170,7 @@ def _plot(metrics: dict, cfg: Config, out_dir: Path) -> None:
         sd = [math.sqrt(sum((x - u) ** 2 for x in a) / max(1, len(a) - 1)) for a, u in zip(accs, mu)]
         ax[0, 0].errorbar(eps, mu, yerr=sd, marker="o", capsize=3, label=dt.LABELS[m])
     ax[0, 0].axhline(metrics["nonprivate"]["test_acc"], ls="--", c="k", lw=1, label="non-private")
-    ax[0, 0].set(xscale="log", xlabel="ε (δ = %g)" % cfg.delta, ylabel="test accuracy (mean ± sd over seeds)",
+    ax[0, 0].set(xscale="log", xlabel=f"ε (δ = {cfg.delta:g})", ylabel="test accuracy (mean ± sd over seeds)",
                  title="IMDB subset, logistic regression")
     ax[0, 0].legend(fontsize=7)
     mid = str(cfg.epsilons[len(cfg.epsilons) // 2])
@@ -248,4 +210,4 @@ def claims(result: dict) -> list[Claim]:
 
 
 register(NAME, Config, run, claims, description=__doc__)
-__all__ = ["Config", "run", "claims", "grids", "nonprivate_ceiling"]
+__all__ = ["Config", "run", "claims", "nonprivate_ceiling"]
