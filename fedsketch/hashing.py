@@ -78,11 +78,12 @@ def _limbs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x >> _U32, x & _LO32
 
 
-def _poly(coeffs: list[int], u_hi: np.ndarray, u_lo: np.ndarray) -> np.ndarray:
-    """sum_i coeffs[i] u^i mod p by Horner's rule (coeffs[0] is the constant term)."""
-    acc = mulmod(coeffs[-1], u_hi, u_lo)
-    for i in range(len(coeffs) - 2, -1, -1):
-        acc += np.uint64(coeffs[i])
+def _poly(coeffs: np.ndarray, u_hi: np.ndarray, u_lo: np.ndarray) -> np.ndarray:
+    """sum_i coeffs[i] u^i mod p by Horner's rule, coeffs (4, R, 1) uint64 (coeffs[0] the constant term) against
+    u (1, n) as limbs: all R rows at once, (R, n) uint64."""
+    acc = _mulmod_arrays(np.broadcast_to(coeffs[-1], (coeffs.shape[1], 1)), u_hi, u_lo)
+    for i in range(coeffs.shape[0] - 2, -1, -1):
+        acc += coeffs[i]
         acc -= _P * (acc >= _P)
         if i > 0:
             acc = _mulmod_arrays(acc, u_hi, u_lo)
@@ -122,16 +123,33 @@ class RowHashes:
     `seed`), so rounds can share buckets but draw fresh signs (the alternative reading in `fedsketch.hybrid`).
     """
 
+    _CHUNK = 1 << 14  # ids per vectorized block: (R, chunk) uint64 temporaries stay in cache
+
     def __init__(self, depth: int, width: int, seed: int, sign_seed: int | None = None) -> None:
         self.depth, self.width, self.seed, self.sign_seed = int(depth), int(width), int(seed), sign_seed
         self._coef = [self._row(self.seed, None, r) for r in range(self.depth)]
         self._sign_coef = (
             None if sign_seed is None else [self._row(int(sign_seed), "signs", r) for r in range(self.depth)]
         )
+        # (3 polynomials in v, 4 powers of u, R rows, 1) so that a row's coefficient broadcasts against (1, n) ids
+        self._C = np.array(self._coef, dtype=np.uint64).transpose(1, 2, 0)[..., None]
+        self._S = None if self._sign_coef is None else np.array(self._sign_coef, dtype=np.uint64).transpose(1, 2, 0)[..., None]
 
     @staticmethod
     def _row(seed: int, tag: str | None, r: int) -> list[list[int]]:
         return [[_coefficient(seed, tag, r, f"c{j}{i}") for i in range(4)] for j in range(3)]
+
+    @staticmethod
+    def _values(C: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """g(x) for all rows, (R, n) uint64, for uint64 ids x (1-d)."""
+        big = x >= _P
+        if not bool(big.any()):
+            return _poly(C[0], *_limbs(x[None, :]))
+        v = big.astype(np.uint64) + (x >= np.uint64(2 * MERSENNE_P))
+        u_limbs = _limbs((x - v * _P)[None, :])
+        g = _poly(C[0], *u_limbs)
+        g = _addmod(g, _mulmod_arrays(_poly(C[1], *u_limbs), *_limbs(v[None, :])))
+        return _addmod(g, _mulmod_arrays(_poly(C[2], *u_limbs), *_limbs((v * v)[None, :])))
 
     def hash(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Buckets (R, n) intp in [0, W) and signs (R, n) int8 in {-1, +1} for int64 ids in [0, 2^62).
@@ -140,47 +158,32 @@ class RowHashes:
         """
         x = np.ascontiguousarray(ids, dtype=np.int64).astype(np.uint64)
         n = x.shape[0]
-        has_big = bool((x >= _P).any())
-        if has_big:
-            v = (x >= _P).astype(np.uint64) + (x >= np.uint64(2 * MERSENNE_P))
-            u = x - v * _P
-            v_limbs, v2_limbs = _limbs(v), _limbs(v * v)
-        else:
-            u = x
-        u_limbs = _limbs(u)
-
-        def value(coef: list[list[int]]) -> np.ndarray:
-            g = _poly(coef[0], *u_limbs)
-            if has_big:
-                g = _addmod(g, _mulmod_arrays(_poly(coef[1], *u_limbs), *v_limbs))
-                g = _addmod(g, _mulmod_arrays(_poly(coef[2], *u_limbs), *v2_limbs))
-            return g
-
         buckets = np.empty((self.depth, n), dtype=np.intp)
         signs = np.empty((self.depth, n), dtype=np.int8)
-        for r in range(self.depth):
-            g = value(self._coef[r])
-            s = g if self._sign_coef is None else value(self._sign_coef[r])
-            buckets[r], signs[r] = split(g, s, self.width)
+        for a in range(0, n, self._CHUNK):
+            xs = x[a : a + self._CHUNK]
+            g = self._values(self._C, xs)
+            s = g if self._S is None else self._values(self._S, xs)
+            buckets[:, a : a + xs.shape[0]], signs[:, a : a + xs.shape[0]] = split(g, s, self.width)
         return buckets, signs
 
     def raw(self, ids: np.ndarray) -> np.ndarray:
         """The (R, n) uint64 polynomial values g_r(x) (without `sign_seed`): `split(g, g, W)` gives the buckets and
         signs for any width W, so one evaluation serves many candidate widths (used by `fedsketch.sizing`)."""
-        if self._sign_coef is not None:
+        if self._S is not None:
             raise ValueError("raw hash values need sign_seed=None (buckets and signs from one polynomial)")
         x = np.ascontiguousarray(ids, dtype=np.int64).astype(np.uint64)
-        if bool((x >= _P).any()):
-            raise ValueError(f"raw hash values need ids below 2^61 - 1, got max {int(x.max())}")
-        u_limbs = _limbs(x)
-        return np.stack([_poly(self._coef[r][0], *u_limbs) for r in range(self.depth)]) if x.size else np.zeros(
-            (self.depth, 0), dtype=np.uint64
-        )
+        out = np.empty((self.depth, x.shape[0]), dtype=np.uint64)
+        for a in range(0, x.shape[0], self._CHUNK):
+            out[:, a : a + self._CHUNK] = self._values(self._C, x[a : a + self._CHUNK])
+        return out
 
 
 def split(g: np.ndarray, s: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Buckets (g >> 1) mod W as intp and signs 1 - 2 (s & 1) as int8 from polynomial values g (bucket) and s (sign)."""
     one = np.uint64(1)
-    signs = (1 - 2 * (s & one).astype(np.int8)).astype(np.int8)
+    signs = (s & one).astype(np.int8)
+    signs *= -2
+    signs += 1
     buckets = ((g >> one) % np.uint64(width)).astype(np.intp)
     return buckets, signs
