@@ -14,13 +14,13 @@ Fast path: each round's secure sum is the sketch of all the round's items (linea
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from fedsketch.hybrid import hybrid_estimate
 from fedsketch.instances import synthetic_instance
 from fedsketch.metrics import linf_error
 from fedsketch.sizing import TwoPhaseSizer
@@ -41,14 +41,14 @@ def _law(name: str) -> tuple[str, float]:
 
 @dataclass(frozen=True)
 class Config:
-    """Full size: d = 20,000, 8 rounds of 4,000 clients (phase 1: 10% of one round), target l_inf = 0.001.
+    """Full size: d = 20,000, 8 rounds of 4,000 clients (one item each), target l_inf = 0.001 (frequency).
 
     R = 15 rows (about 1.5 ln d): the sizer's rule predicts the error from the tail norm, which is what the
     count-median achieves with R = O(log d) rows (see ffe-single). With R = 5 the l_inf error of near-sparse and
     heavy-tailed instances is set by rare items whose row majority collides with heavy items; the width needed to
-    avoid those (W ~ support * (10 d M)^(1/3)) does not depend on the target at all, so there is no tail profile to
-    adapt to. Phase 1 is a small cohort (10% of a round) so that its small-width estimates, which the final
-    estimate includes (`combine="all"`), do not dominate the error whatever the phase-2 width.
+    avoid those (W ~ support * (10 d M)^(1/3)) hardly depends on the target, so there is little to adapt to.
+    `combine` is the sizer's (default "reencode": every round's clients also send the phase-2 sketch, so phase 1's
+    small-width estimates do not enter the final estimate).
     """
 
     d: int = 20_000
@@ -61,9 +61,7 @@ class Config:
     instances: tuple[str, ...] = INSTANCES
     light_tailed: tuple[str, ...] = ("near_sparse", "zipf-1.5")
     max_width: int = 1 << 16
-    phase1_fraction: float = 0.1
-    combine: str = "all"
-    error_constant: float = 1.0
+    combine: str = "reencode"
     seeds: int = 10
     seed: int = 0
 
@@ -83,10 +81,8 @@ class Config:
             bad = [n for n in names if n not in ("near_sparse", "uniform") and not _is_zipf(n)]
             if bad:
                 raise ValueError(f"{field_name} must name near_sparse, uniform or zipf-<s> (s in [0, 10]), got {bad}")
-        if self.combine not in ("all", "phase2"):
-            raise ValueError(f"combine must be 'all' or 'phase2', got {self.combine!r}")
-        check_range("error_constant", self.error_constant, 1e-3, 1e3)
-        check_range("phase1_fraction", self.phase1_fraction, 1e-3, 1.0)
+        if self.combine not in ("reencode", "phase2", "all"):
+            raise ValueError(f"combine must be one of ['reencode', 'phase2', 'all'], got {self.combine!r}")
         if not self.instances:
             raise ValueError("instances must name at least one instance, got ()")
 
@@ -104,43 +100,34 @@ def _is_zipf(name: str) -> bool:
         return False
 
 
-def _subsample_phase1(items: list[np.ndarray], m1: int, fraction: float) -> list[np.ndarray]:
-    """Phase 1 is a small cohort: keep the first `fraction` of each phase-1 round's clients (one item each)."""
-    return [x[: max(1, int(round(fraction * x.size)))] if t < m1 else x for t, x in enumerate(items)]
-
-
 def _grid(lo: int, hi: int) -> list[int]:
     """Geometric width grid lo * 2^(k/4) up to hi (distinct integers)."""
     out = sorted({int(round(lo * 2 ** (k / 4))) for k in range(0, 4 * int(np.log2(hi / lo)) + 1)})
     return [w for w in out if w <= hi]
 
 
-def _oracle(sizer: TwoPhaseSizer, items: list[np.ndarray], phase1: np.ndarray, truth: np.ndarray,
-            grid: list[int]) -> tuple[int, int]:
-    """Smallest grid width whose phase-2 hybrid (same phase 1, hashes, data) meets the target; and #evaluations."""
-    seeds = sizer.seeds(len(items))
-    m1 = sizer.phase1_rounds
+def _oracle(sizer: TwoPhaseSizer, items: list[np.ndarray], truth: np.ndarray, grid: list[int]) -> int:
+    """Smallest grid width at which the same protocol (same phase 1, hashes and data) meets the target.
+
+    The run at a forced width is the sizer itself with min_width = max_width = w (so only phase 2's width
+    changes); binary search over the grid, assuming the error is non-increasing in the width.
+    """
 
     def meets(w: int) -> bool:
-        tables = [sizer.sketch(t, w, seeds).encode(items[t]) for t in range(m1, len(items))]
-        est = hybrid_estimate(tables, seeds[m1:], sizer.depth, w, domain=sizer.domain)
-        if sizer.combine == "all":
-            est = est + phase1
-        else:  # phase 2 alone, rescaled to the whole population (as TwoPhaseSizer.run does)
-            est = est * (sum(x.size for x in items) / max(sum(x.size for x in items[m1:]), 1))
+        forced = dataclasses.replace(sizer, min_width=w, max_width=w, predictor="analytic")
+        est = forced.run(items).estimate
         return linf_error(est, truth, scale="frequency") <= sizer.target_error
 
-    lo, hi, evals = 0, len(grid) - 1, 0
+    lo, hi = 0, len(grid) - 1
     if not meets(grid[hi]):
-        return grid[hi], 1
+        return grid[hi]
     while lo < hi:
         mid = (lo + hi) // 2
-        evals += 1
         if meets(grid[mid]):
             hi = mid
         else:
             lo = mid + 1
-    return grid[lo], evals + 1
+    return grid[lo]
 
 
 def run(config: Config, out_dir: Path) -> dict:
@@ -156,15 +143,14 @@ def run(config: Config, out_dir: Path) -> dict:
             data_seed = config.seed * 100_003 + k
             inst = synthetic_instance(law, config.d, config.rounds, config.clients_per_round, 1,
                                       zipf_s=s or 1.1, seed=data_seed)
-            items = _subsample_phase1(inst.items, config.phase1_rounds, config.phase1_fraction)
-            truth = np.bincount(np.concatenate(items), minlength=config.d)
+            items = inst.items
+            truth = inst.counts
             sizer = TwoPhaseSizer(config.target_error, config.d, depth=config.depth,
                                   phase1_width=config.phase1_width, phase1_rounds=config.phase1_rounds,
-                                  max_width=config.max_width, combine=config.combine,
-                                  error_constant=config.error_constant, seed=data_seed + 17)
+                                  max_width=config.max_width, combine=config.combine, seed=data_seed + 17)
             res = sizer.run(items, [x.size for x in items])
             err = linf_error(res.estimate, truth, scale="frequency")
-            oracle, _ = _oracle(sizer, items, res.plan.phase1_estimate, truth, grid)
+            oracle = _oracle(sizer, items, truth, grid)
             worst = sizer.worst_case_width([x.size for x in items])
             for key, val in (("chosen", res.width), ("oracle", oracle), ("error", err),
                              ("predicted", res.predicted_error), ("met", err <= config.target_error),
@@ -182,8 +168,6 @@ def run(config: Config, out_dir: Path) -> dict:
             "predicted_error": summarize(rec["predicted"]),
             "target_met_fraction": float(np.mean(rec["met"])),
             "total_ints": summarize(rec["total_ints"]),
-            "worst_case_total_ints": config.depth * sum(
-                x.size * (config.phase1_width if t < config.phase1_rounds else worst) for t, x in enumerate(items)),
         }
     bar.close()
     met = [m for p in per.values() for m in [p["target_met_fraction"]]]
