@@ -1,0 +1,163 @@
+"""dp2-delay: DP²'s accuracy / loss against the delay s, from 1 step to many epochs.
+
+The paper (Fig. "delay", IMDB/StackOverflow/MovieLens) finds an interior optimum: s too small gives a preconditioner
+built from one or a few noisy gradients (noise dominates √v); s too large gives a stale preconditioner and, with
+the phases s steps long, long stretches of plain DP-SGD. We sweep s on a log grid at fixed hyperparameters and
+fixed ε (σ calibrated once: the accounting does not depend on s), several seeds per point.
+
+Task "imdb" (default) is the embedded IMDB subset (test accuracy, higher is better); task "sparse" is the
+power-law synthetic task of dp2-sparse (training loss, lower is better). Claim: the best interior s beats both
+extremes (s = smallest and s = largest), by the mean over seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simulations.dp import _dptrain as dt
+from simulations.dp._tuning import run_jobs
+from simulations.registry import Claim, register
+from simulations.results import finalize, new_figure, save_figure
+
+NAME = "dp2-delay"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Full size: IMDB, 30 epochs (2,340 steps), s from 1 step to 10 epochs (780 steps), 3 seeds, ε = 3."""
+
+    task: str = "imdb"
+    variant: str = "dp2-rmsprop"
+    delays: tuple[int, ...] = (1, 4, 16, 39, 78, 234, 780)
+    epsilon: float = 3.0
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2.0
+    clip: float = 0.5
+    lr2: float = 0.1
+    clip2: float = 5.0
+    eps: float = 1e-3
+    beta: float = 0.9
+    seeds: tuple[int, ...] = (1, 2, 3)
+    sparse_n: int = 100_000
+    sparse_dim: int = 1000
+    evals: int = 5
+    workers: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.task not in ("imdb", "sparse"):
+            raise ValueError(f"task must be 'imdb' or 'sparse', got {self.task!r}")
+        if self.variant not in ("dp2-rmsprop", "dp2-adagrad", "dp2-delayed"):
+            raise ValueError(f"variant must be dp2-rmsprop, dp2-adagrad or dp2-delayed, got {self.variant!r}")
+        if len(self.delays) < 3 or any(d < 1 for d in self.delays) or list(self.delays) != sorted(set(self.delays)):
+            raise ValueError(f"delays must be >= 3 increasing integers >= 1 (steps), got {self.delays}")
+        if not 0 < self.epsilon < 100 or not 1 <= self.epochs <= 1000 or not 1 <= self.batch_size <= 100_000:
+            raise ValueError(f"epsilon in (0, 100), epochs in [1, 1000], batch_size in [1, 1e5]; got {self.epsilon}, "
+                             f"{self.epochs}, {self.batch_size}")
+        for name in ("lr", "clip", "lr2", "clip2", "eps"):
+            if not 0 < getattr(self, name) < 1e4:
+                raise ValueError(f"{name} must be in (0, 1e4), got {getattr(self, name)}")
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if not self.seeds or not 1 <= self.evals <= 1000 or not 1 <= self.workers <= 256:
+            raise ValueError(f"seeds non-empty, evals in [1, 1000], workers in [1, 256]; got {self.seeds}, "
+                             f"{self.evals}, {self.workers}")
+
+    @classmethod
+    def smoke(cls) -> Config:
+        """IMDB, 8 epochs, s ∈ {1, 39, 624} steps (1 step, ½ epoch, the whole run), 2 seeds: ≈ 30 s."""
+        return cls(delays=(1, 39, 624), epochs=8, seeds=(1, 2), evals=2)
+
+
+_CTX: dict[str, Any] = {}
+
+
+def _setup(cfg: Config) -> tuple[Any, int]:
+    """(a model factory, n)."""
+    if cfg.task == "imdb":
+        from simulations.datasets import load_imdb
+
+        d = load_imdb()
+        return (lambda: dt.LogisticRegression(d.x_train, d.y_train, d.x_test, d.y_test, device=cfg.device)), len(
+            d.y_train)
+    from simulations.dp.sparse import SparseLogistic, make_data
+
+    x, y, _, _ = make_data(cfg.sparse_n, cfg.sparse_dim, 1.0, 0.5, 2.0, 0)
+    return (lambda: SparseLogistic(x, y, device=cfg.device)), cfg.sparse_n
+
+
+def _job(job: tuple[str, dict, int]) -> dict:
+    method, hp, seed = job
+    torch.set_num_threads(1)
+    cfg, factory, n, sigma = _CTX["cfg"], _CTX["factory"], _CTX["n"], _CTX["sigma"]
+    steps = cfg.epochs * n // cfg.batch_size
+    model = factory()
+    gen = torch.Generator(device=cfg.device).manual_seed(seed)
+    opt = dt.build_optimizer(method, model.params, hp, sigma=sigma, batch_size=cfg.batch_size, generator=gen)
+    curve = dt.train(model, opt, n=n, sample_rate=cfg.batch_size / n, steps=steps,
+                     eval_every=max(1, steps // cfg.evals), generator=gen, device=cfg.device)
+    return {"final": {k: v[-1] for k, v in curve.metrics.items()}}
+
+
+def run(config: Config, out_dir: Path) -> dict:
+    """One DP² run per (s, seed) plus DP-SGD (same α1, C1) per seed as the reference line."""
+    factory, n = _setup(config)
+    q = config.batch_size / n
+    steps = config.epochs * n // config.batch_size
+    delta = 1e-5 if config.task == "imdb" else 1.0 / n
+    sigma = dt.calibrate_sigma(config.epsilon, delta, q, steps)
+    _CTX.update(cfg=config, factory=factory, n=n, sigma=sigma)
+    base = {"lr": config.lr, "clip": config.clip}
+    dp2 = {**base, "lr2": config.lr2, "clip2": config.clip2, "eps": config.eps, "beta": config.beta}
+    jobs = [(config.variant, {**dp2, "delay": s}, seed) for s in config.delays for seed in config.seeds]
+    jobs += [("dp-sgd", base, seed) for seed in config.seeds]
+    out = run_jobs(_job, jobs, config.workers)
+    key = "test_acc" if config.task == "imdb" else "train_loss"
+    k = len(config.seeds)
+    per_delay = {str(s): [r["final"][key] for r in out[i * k:(i + 1) * k]] for i, s in enumerate(config.delays)}
+    metrics = {
+        "metric": key, "higher_is_better": config.task == "imdb", "steps": steps, "steps_per_epoch": n //
+        config.batch_size, "sigma": sigma, "delta": delta, "sample_rate": q,
+        "per_delay": per_delay,
+        "mean_per_delay": {s: sum(v) / len(v) for s, v in per_delay.items()},
+        "dp_sgd": [r["final"][key] for r in out[-k:]],
+    }
+    _plot(metrics, config, out_dir)
+    return finalize(out_dir, NAME, config, metrics, claims, seed=config.seeds[0], device=config.device)
+
+
+def _plot(metrics: dict, cfg: Config, out_dir: Path) -> None:
+    fig, ax = new_figure(1, 1, size=(6, 4))
+    a = ax[0, 0]
+    spe = metrics["steps_per_epoch"]
+    xs = [s / spe for s in cfg.delays]
+    for i in range(len(cfg.seeds)):
+        a.plot(xs, [metrics["per_delay"][str(s)][i] for s in cfg.delays], c="C0", alpha=0.3, lw=1)
+    a.plot(xs, [metrics["mean_per_delay"][str(s)] for s in cfg.delays], "o-", c="C0", label=f"{dt.LABELS[cfg.variant]}")
+    sgd = sum(metrics["dp_sgd"]) / len(metrics["dp_sgd"])
+    a.axhline(sgd, ls="--", c="k", lw=1, label="DP-SGD (same α1, C1)")
+    a.set(xscale="log", xlabel="delay s (epochs)", ylabel=metrics["metric"].replace("_", " "),
+          title=f"{cfg.task}, ε = {cfg.epsilon}, mean of {len(cfg.seeds)} seeds")
+    a.legend(fontsize=8)
+    save_figure(fig, out_dir, "dp2_delay.png")
+
+
+def claims(result: dict) -> list[Claim]:
+    """Interior optimum: best interior mean beats both extremes' means (measured: the smaller of the two margins,
+    in the metric's units, signed so > 0 means better)."""
+    m = result["metrics"]
+    delays = [str(s) for s in result["config"]["delays"]]
+    sign = 1.0 if m["higher_is_better"] else -1.0
+    mean = {s: sign * m["mean_per_delay"][s] for s in delays}
+    interior = max(mean[s] for s in delays[1:-1])
+    margin = min(interior - mean[delays[0]], interior - mean[delays[-1]])
+    return [Claim("best interior s − best extreme s (mean over seeds)", margin, 0.0, margin > 0)]
+
+
+register(NAME, Config, run, claims, description=__doc__)
+__all__ = ["Config", "run", "claims"]
