@@ -119,8 +119,8 @@ class RowHashes:
 
     Row r evaluates g_r(x) = sum_{i<=3} (c_{r,i} + c'_{r,i} v + c''_{r,i} v^2) u^i mod p (x = v p + u), a 4-wise
     independent value that is uniform on [0, p); the sign is its lowest bit and the bucket is (g >> 1) mod W.
-    With `sign_seed`, the signs come from a second polynomial seeded by `sign_seed` (the buckets stay those of
-    `seed`), so rounds can share buckets but draw fresh signs (the alternative reading in `fedsketch.hybrid`).
+    With `sign_seed`, the signs are those of the row seeded by `sign_seed` (the buckets stay those of `seed`), so
+    rounds can share buckets but draw fresh signs (the alternative reading in `fedsketch.hybrid`).
     """
 
     _CHUNK = 1 << 14  # ids per vectorized block: (R, chunk) uint64 temporaries stay in cache
@@ -128,9 +128,9 @@ class RowHashes:
     def __init__(self, depth: int, width: int, seed: int, sign_seed: int | None = None) -> None:
         self.depth, self.width, self.seed, self.sign_seed = int(depth), int(width), int(seed), sign_seed
         self._coef = [self._row(self.seed, None, r) for r in range(self.depth)]
-        self._sign_coef = (
-            None if sign_seed is None else [self._row(int(sign_seed), "signs", r) for r in range(self.depth)]
-        )
+        # signs of (seed, sign_seed) are the signs of seed=sign_seed; sign_seed == seed is the plain sketch
+        same = sign_seed is None or int(sign_seed) == self.seed
+        self._sign_coef = None if same else [self._row(int(sign_seed), None, r) for r in range(self.depth)]
         # (3 polynomials in v, 4 powers of u, R rows, 1) so that a row's coefficient broadcasts against (1, n) ids
         self._C = np.array(self._coef, dtype=np.uint64).transpose(1, 2, 0)[..., None]
         self._S = None if self._sign_coef is None else np.array(self._sign_coef, dtype=np.uint64).transpose(1, 2, 0)[..., None]

@@ -109,6 +109,8 @@ def test_sign_seed_keeps_buckets_and_changes_signs():
     b1, s1 = CountSketch(3, 64, seed=1).hash(ids)
     b2, s2 = CountSketch(3, 64, seed=1, sign_seed=2).hash(ids)
     assert np.array_equal(b1, b2) and 0.4 < np.mean(s1 != s2) < 0.6
+    assert np.array_equal(s2, CountSketch(3, 64, seed=2).hash(ids)[1])  # the signs of seed=sign_seed
+    assert np.array_equal(CountSketch(3, 64, seed=1, sign_seed=1).hash(ids)[1], s1)
 
 
 @pytest.mark.parametrize(
