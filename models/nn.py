@@ -51,14 +51,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """x [B, T, C] -> [B, T, C]; with `rows`, only those query rows are computed (all T tokens stay keys),
+        which saves the work of outputs nobody reads, e.g. the last layer's outputs at label tokens."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=self.causal and attn_mask is None
-        )
-        y = self.proj(y.transpose(1, 2).reshape(b, t, c))
+        mask = None
+        if rows is not None:
+            q = q[:, :, rows]
+            if self.causal:
+                pos = torch.arange(t, device=x.device)
+                mask = pos[rows].unsqueeze(1) >= pos.unsqueeze(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=self.causal and rows is None)
+        y = self.proj(y.transpose(1, 2).reshape(b, q.shape[2], c))
         return F.dropout(y, p, True) if p > 0 else y
 
 
@@ -99,8 +105,10 @@ class Block(nn.Module):
         self.ln_2 = make_norm(norm, n_embd, bias) if mlp else None
         self.mlp = MLP(n_embd, mlp_ratio, bias, activation, dropout) if mlp else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """x [B, T, C] -> [B, T, C], or [B, T', C] for the selected query `rows` only."""
+        a = self.attn(self.ln_1(x), rows)
+        x = (x if rows is None else x[:, rows]) + a
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x

@@ -49,16 +49,18 @@ class GPT2ICL(nn.Module):
             raise ValueError(f"prompts may have at most n_points={self.n_points} rows, got {x.shape[1]}")
         return interleave(x, y)[:, :-1]
 
-    def backbone(self, h: torch.Tensor) -> torch.Tensor:
-        """Positions + blocks + final norm on embedded tokens h [B, T, C]."""
+    def backbone(self, h: torch.Tensor, x_only: bool = False) -> torch.Tensor:
+        """Positions + blocks + final norm on embedded tokens h [B, T, C]. x_only computes the last block only
+        at the x positions (the only outputs read out), returning [B, ⌈T/2⌉, C]: ~4% less work at 12 layers."""
         h = h + self.wpe.weight[: h.shape[1]]
-        for block in self.blocks:
-            h = block(h)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            h = block(h, slice(0, None, 2) if x_only and i == last else None)
         return self.ln_f(h)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(self.read_in(self.tokens(x, y)))
-        return self.read_out(h[:, ::2]).squeeze(-1)
+        h = self.backbone(self.read_in(self.tokens(x, y)), x_only=True)
+        return self.read_out(h).squeeze(-1)
 
     def flops_per_token(self, n_points: int | None = None) -> float:
         """Training FLOPs per token (6N + attention), for MFU."""

@@ -1,0 +1,152 @@
+"""Training steps/s of GPT2ICL against Hugging Face's GPT2Model with dtsip/in-context-learning's read-in/read-out.
+
+Both models: 12 layers × 256 width × 8 heads, d = 20, 41 points (82 interleaved tokens), batch 64, Adam, the
+same fresh batch every step, dropout 0. The floor is the HF model measured in the same process; we report the
+median steps/s over >= 5 timing windows and the ratio ours/HF. `transformers` is optional (the `bench` extra):
+without it the comparison is skipped with a message and only our figure is printed.
+
+    python benchmarks/bench_icl.py                      # CPU, fp32, eager (the issue's target: ratio >= 1.5)
+    python benchmarks/bench_icl.py --device cuda --compile   # bf16 autocast + torch.compile, with MFU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.icl import GPT2ICL  # noqa: E402
+from models.nn import count_params, transformer_flops_per_token  # noqa: E402
+from models.train import peak_flops  # noqa: E402
+
+
+class HFGPT2ICL(nn.Module):
+    """dtsip/in-context-learning's TransformerModel: interleave → read_in → GPT2Model → read_out[:, ::2]."""
+
+    def __init__(self, d: int, n_points: int, n_layer: int, n_embd: int, n_head: int, attn: str | None) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        cfg = GPT2Config(n_positions=2 * n_points, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+        self.read_in = nn.Linear(d, n_embd)
+        self.backbone = GPT2Model(cfg) if attn is None else GPT2Model._from_config(cfg, attn_implementation=attn)
+        self.read_out = nn.Linear(n_embd, 1)
+        self.attn = self.backbone.config._attn_implementation
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ypad = torch.cat((y.unsqueeze(-1), torch.zeros_like(x[..., 1:])), dim=-1)
+        zs = torch.stack((x, ypad), dim=2).flatten(1, 2)
+        h = self.backbone(inputs_embeds=self.read_in(zs)).last_hidden_state
+        return self.read_out(h)[:, ::2, 0]
+
+
+def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
+             compile_: bool, mode: str | None = None) -> Callable[[], None]:
+    """One Adam training step on a fixed batch, as a closure."""
+    fwd = torch.compile(model, mode=mode) if compile_ else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = (fwd(x, y) - y).pow(2).mean()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _window(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """steps/s over one timing window (synchronized on CUDA at both ends only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=0, help="steps per window (default 2 on CPU, 50 on CUDA)")
+    ap.add_argument("--windows", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--hf-attn", default=None, help="HF attn_implementation (default: HF's own default)")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args()
+    if args.windows < 5:
+        raise ValueError(f"--windows must be >= 5 (median of >= 5 windows), got {args.windows}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    steps = args.steps or (50 if cuda else 2)
+    d, n_points, n_layer, n_embd, n_head = 20, 41, 12, 256, 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, n_points, d, generator=g).to(device)
+    y = torch.randn(args.batch, n_points, generator=g).to(device)
+    warmup = 3 if args.compile else 1
+    report: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
+                    "batch": args.batch, "compile": args.compile, "compile_mode": args.compile_mode, "amp_bf16": cuda, "steps_per_window": steps,
+                    "windows": args.windows, "torch": torch.__version__}
+    torch.manual_seed(0)
+    ours = GPT2ICL(d, n_points, n_layer, n_embd, n_head).to(device)
+    models = {"ours": ours}
+    try:
+        import transformers
+    except ImportError:
+        print("transformers is not installed (pip install '.[bench]'): skipping the HF GPT2Model comparison")
+        transformers = None
+    if transformers is not None:
+        torch.manual_seed(0)
+        models["hf"] = HFGPT2ICL(d, n_points, n_layer, n_embd, n_head, args.hf_attn).to(device)
+        report.update(hf_attn=models["hf"].attn, transformers=transformers.__version__)
+    steppers = {k: _stepper(m, x, y, device, cuda, args.compile, args.compile_mode) for k, m in models.items()}
+    for k, step in steppers.items():
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        report[f"{k}_warmup_s"] = time.perf_counter() - t0
+    # alternate the two models window by window, so drifting machine load hits both alike
+    rates: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(args.windows):
+        for k, step in steppers.items():
+            rates[k].append(_window(step, steps, device))
+    pf = peak_flops(device)
+    for k, m in models.items():
+        report[f"{k}_steps_per_s"] = statistics.median(rates[k])
+        report[f"{k}_params"] = count_params(m)
+        if pf:
+            t = 2 * n_points - 1 if k == "ours" else 2 * n_points
+            fpt = transformer_flops_per_token(count_params(m) - (0 if k == "ours" else m.backbone.wte.weight.numel()),
+                                              n_layer, n_embd, t)
+            report[f"{k}_mfu"] = report[f"{k}_steps_per_s"] * args.batch * t * fpt / pf
+    if "hf" in rates:
+        report["ratio"] = statistics.median(a / b for a, b in zip(rates["ours"], rates["hf"]))
+        report["ratio_of_medians"] = report["ours_steps_per_s"] / report["hf_steps_per_s"]
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
