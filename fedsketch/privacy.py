@@ -10,7 +10,8 @@ Threat model and guarantee (what every number in this module means):
 - **Mechanism:** each of ``num_clients`` clients adds an integer noise share to every entry so the *sum*
   of shares has the target law, Skellam (Agarwal, Kairouz, Liu, NeurIPS 2021) or a sum of discrete Gaussians
   (Kairouz, Liu, Steinke, ICML 2021).  Shares are sized for ``num_clients`` = the minimum number of survivors:
-  more survivors only add independent noise, which is post-processing and keeps the guarantee.
+  more survivors only add independent noise, which is post-processing and keeps the guarantee; fewer would
+  leave too little noise, so pair it with ``InProcessSecureSum(min_survivors=num_clients)``.
 - **Accounting:** Renyi DP curves of the mechanisms (formulas and sources in ``skellam_rdp`` and
   ``discrete_gaussian_rdp``) on a grid of integer orders, converted to (eps, delta) with
   ``dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon``.  Rounds with disjoint cohorts compose in
