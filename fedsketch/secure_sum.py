@@ -109,6 +109,7 @@ class SecureSumResult:
     n_survivors: int
     dropped: tuple[int, ...]
     modulus_bits: int
+    rejected: tuple[int, ...] = ()  # clients whose payload broke ``bound`` (also in ``dropped``)
 
     @property
     def modulus(self) -> int:
@@ -199,6 +200,7 @@ class InProcessSecureSum(SecureSum):
         dropped: Sequence[int] = (),
         *,
         bound: int | None = None,
+        reject_invalid: bool = False,
     ) -> SecureSumResult:
         """Securely sum one int array per client over the clients not in ``dropped``.
 
@@ -207,16 +209,17 @@ class InProcessSecureSum(SecureSum):
         arrives.
 
         ``bound``: the public per-entry bound B every client must respect (|x| <= B); a client breaking it
-        is rejected with a ValueError naming its index.  ``None`` takes B = max|entry| of the submitted
+        is rejected with a ValueError naming its index, or, with ``reject_invalid=True``, treated as a
+        dropout (listed in ``result.rejected``) so the round completes with the valid clients.  ``None`` takes B = max|entry| of the submitted
         data (a simulation shortcut).  Raises ValueError when ``n * B`` could wrap the modulus, and
         ``SecureSumAborted`` when fewer than ``min_survivors`` survive or the survivors' masking graph is
         split.
         """
-        x = self._validate(vectors, bound)
+        x, rejected = self._validate(vectors, bound, reject_invalid)
         entry_shape = x.shape[1:]  # e.g. (depth, width) for count-sketch tables
         x = x.reshape(x.shape[0], -1)
         n, length = x.shape
-        drop = self._validate_dropped(dropped, n)
+        drop = np.union1d(self._validate_dropped(dropped, n), np.asarray(rejected, dtype=np.int64))
         round_id = self.rounds_done
         self.rounds_done += 1
         alive = np.ones(n, dtype=bool)
@@ -234,7 +237,7 @@ class InProcessSecureSum(SecureSum):
         view, unmasked = self._server_unmask(uploads, alive, pairs, round_id, length)
         self.server_view = view
         total = from_ring(unmasked, self.modulus_bits).reshape(entry_shape)
-        return SecureSumResult(total, n, n_alive, tuple(int(i) for i in drop), self.modulus_bits)
+        return SecureSumResult(total, n, n_alive, tuple(int(i) for i in drop), self.modulus_bits, tuple(rejected))
 
     def mask_graph(self, n: int, round_id: int = 0) -> np.ndarray:
         """Pairs (a, b), a < b, that share a mask: a ring over a seeded random permutation, each client linked
@@ -309,7 +312,9 @@ class InProcessSecureSum(SecureSum):
 
     # ---- validation ---------------------------------------------------------------------------------
 
-    def _validate(self, vectors: np.ndarray | Sequence[np.ndarray], bound: int | None) -> np.ndarray:
+    def _validate(
+        self, vectors: np.ndarray | Sequence[np.ndarray], bound: int | None, reject_invalid: bool
+    ) -> tuple[np.ndarray, list[int]]:
         if not isinstance(vectors, np.ndarray):
             try:
                 vectors = np.stack([np.asarray(v) for v in vectors])
@@ -322,13 +327,16 @@ class InProcessSecureSum(SecureSum):
             raise ValueError(f"vectors must have an integer dtype, got {x.dtype}")
         n = x.shape[0]
         half = 1 << (self.modulus_bits - 1)
+        bad: list[int] = []
+        if reject_invalid and bound is None:
+            raise ValueError("reject_invalid=True needs a public bound (bound >= 0)")
         if bound is not None:
             if bound < 0:
                 raise ValueError(f"bound must be >= 0, got {bound}")
             flat = x.reshape(n, -1)
             his, los = flat.max(axis=1).tolist(), flat.min(axis=1).tolist()  # exact Python ints
             bad = [i for i in range(n) if his[i] > bound or los[i] < -bound]
-            if bad:
+            if bad and not reject_invalid:
                 raise ValueError(f"vectors: client {bad[0]} has an entry outside [-bound, bound] = [-{bound}, {bound}]")
             max_abs = int(bound)
         else:
@@ -339,7 +347,7 @@ class InProcessSecureSum(SecureSum):
                 f"2^{self.modulus_bits - 1} - 1; use modulus_bits >= {required_modulus_bits(n, max_abs)} "
                 f"(allowed {MIN_MODULUS_BITS}..{MAX_MODULUS_BITS})"
             )
-        return x
+        return x, bad
 
     @staticmethod
     def _validate_dropped(dropped: Sequence[int], n: int) -> np.ndarray:

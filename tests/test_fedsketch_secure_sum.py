@@ -137,6 +137,17 @@ def test_bad_input_names_the_parameter(kwargs, vectors, match):
         InProcessSecureSum(**kwargs).sum(vectors if vectors is not None else np.ones((3, 4), dtype=np.int64))
 
 
+def test_invalid_client_can_be_rejected_as_a_dropout_without_corrupting_the_round():
+    x = _clients(12, 30, seed=4)
+    x[7, 3] = 99
+    ss = InProcessSecureSum(modulus_bits=16, seed=1)
+    res = ss.sum(x, dropped=[2], bound=3, reject_invalid=True)
+    assert res.rejected == (7,) and res.dropped == (2, 7) and res.n_survivors == 10
+    np.testing.assert_array_equal(res.total, np.delete(x, [2, 7], axis=0).sum(axis=0))
+    with pytest.raises(ValueError, match="bound"):
+        ss.sum(x, reject_invalid=True)
+
+
 def test_tables_keep_their_shape():
     x = np.random.default_rng(2).integers(-5, 6, size=(7, 3, 16))  # 7 clients' depth x width tables
     res = InProcessSecureSum(modulus_bits=20, seed=4).sum(x, dropped=[2])
