@@ -7,6 +7,8 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsketch.privacy import (
     ORDERS,
@@ -183,3 +185,22 @@ def test_item_cap_subsamples_only_clients_over_the_cap_and_counts_the_drop():
 def test_bad_input_names_the_parameter_and_range(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    depth=st.integers(1, 9),
+    cap=st.integers(1, 8),
+    eps=st.floats(0.1, 16.0),
+    log_delta=st.floats(-12.0, -3.0),
+    repeated=st.integers(1, 50),
+)
+def test_property_calibrated_variance_is_the_smallest_that_meets_the_target(depth, cap, eps, log_delta, repeated):
+    s = sketch_sensitivity(depth, item_cap=cap)
+    delta = 10.0**log_delta
+    var = calibrate(eps, delta, s, rounds=repeated, composition="repeated")
+    noise = SkellamNoise(var)
+    assert noise.epsilon(delta, s, rounds=repeated, composition="repeated") <= eps
+    assert SkellamNoise(var * (1 - 1e-4)).epsilon(delta, s, rounds=repeated, composition="repeated") > eps
+    # more noise never costs privacy: the RDP curve falls with the variance at every order
+    assert np.all(np.diff(np.stack([skellam_rdp(ORDERS, v, s) for v in (var / 2, var, 2 * var)]), axis=0) < 0)
