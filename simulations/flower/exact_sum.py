@@ -66,7 +66,7 @@ def exact_sum_params(bound: int, clients: int, modulus_bits: int = MAX_MODULUS_B
         raise ValueError(f"clients must be an integer >= 1, got {clients!r}")
     if not 2 <= modulus_bits <= MAX_MODULUS_BITS:
         raise ValueError(f"modulus_bits must be in [2, {MAX_MODULUS_BITS}], got {modulus_bits}")
-    c = 1 << max(0, (int(bound) - 1).bit_length())  # smallest power of two >= bound (>= 1)
+    c = 1 if bound <= 1 else 1 << (int(bound) - 1).bit_length()  # smallest power of two >= bound (>= 1)
     if c + int(bound) > _INT32_LIMIT:
         raise ValueError(f"bound must be <= 2^30 (Flower quantizes to int32), got {bound}")
     q = 2 * c

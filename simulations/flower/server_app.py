@@ -48,7 +48,9 @@ class ServerSettings:
     width: int = 1024
     item_cap: int = 200
     noise_var: float = 0.0
-    """Per-client Skellam noise variance per entry (0 = no DP); the experiment calibrates it for a target epsilon."""
+    """Skellam variance per entry of the summed noise (0 = no DP); the experiment calibrates it for a target eps."""
+    noise_clients: int = 0
+    """Shares the noise is split into = the fewest survivors it is calibrated for (0 = cohort minus planned drops)."""
     dropout: float = 0.0
     dropout_counts: tuple[int, ...] = ()
     secagg: bool = True
@@ -78,6 +80,8 @@ class ServerSettings:
             raise ValueError(f"item_cap must be >= 1, got {self.item_cap}")
         if self.noise_var < 0:
             raise ValueError(f"noise_var must be >= 0, got {self.noise_var}")
+        if not 0 <= self.noise_clients <= self.clients_per_round:
+            raise ValueError(f"noise_clients must be in [0, clients_per_round], got {self.noise_clients}")
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
         if self.n_clients > DataSpec(self.dataset, self.zipf_s, self.zipf_d, self.zipf_items).max_clients:
@@ -90,9 +94,17 @@ class ServerSettings:
         )
 
     @property
+    def share_clients(self) -> int:
+        """How many noise shares make up the calibrated noise (the fewest survivors planned for)."""
+        if self.noise_clients:
+            return self.noise_clients
+        plan = self.planner
+        return max(1, self.clients_per_round - max(len(plan.dropped(t)) for t in range(1, self.rounds + 1)))
+
+    @property
     def bound(self) -> int:
         """The public per-entry bound every client's table must respect."""
-        return value_bound(self.item_cap, self.noise_var)
+        return value_bound(self.item_cap, self.noise_var / self.share_clients if self.noise_var > 0 else 0.0)
 
     def exact_params(self) -> ExactSumParams:
         """SecAgg+ settings for an exact sum; ValueError when this configuration's sum could wrap."""
@@ -101,7 +113,8 @@ class ServerSettings:
     def round_spec(self, t: int, drop: bool = False) -> RoundSpec:
         return RoundSpec(
             round=t, seed=self.planner.hash_seed(t), depth=self.depth, width=self.width, bound=self.bound,
-            item_cap=self.item_cap, noise_var=float(self.noise_var), noise_seed=self.seed + 7919,
+            item_cap=self.item_cap, noise_var=float(self.noise_var), noise_clients=self.share_clients,
+            noise_seed=self.seed + 7919,
             dataset=self.dataset, zipf_s=float(self.zipf_s), zipf_d=self.zipf_d, zipf_items=self.zipf_items,
             data_seed=self.seed, drop=drop,
         )

@@ -63,7 +63,9 @@ class RoundSpec:
     item_cap: int
     """Per-client item cap: a client contributes at most this many items per round (its first ones)."""
     noise_var: float
-    """Variance of this client's Skellam noise share per table entry (0 = no DP)."""
+    """Variance per entry of the *sum* of the noise shares (Skellam; 0 = no DP)."""
+    noise_clients: int
+    """The share count the noise is split into (the fewest survivors it is calibrated for)."""
     noise_seed: int
     dataset: str
     zipf_s: float
@@ -118,29 +120,52 @@ def client_items(data: DataSpec, pid: int) -> np.ndarray:
     return rng.choice(data.zipf_d, size=data.zipf_items, p=_zipf_p(data.zipf_s, data.zipf_d)).astype(np.int64)
 
 
-def capped_items(data: DataSpec, pid: int, item_cap: int) -> np.ndarray:
-    """The items client `pid` contributes: its first `item_cap` items (the cap bounds one client's influence)."""
-    return client_items(data, pid)[:item_cap]
+def capped_items(spec: RoundSpec, pid: int) -> np.ndarray:
+    """The items client `pid` contributes this round: at most `item_cap`, a seeded subsample by `fedsketch`'s cap."""
+    items = client_items(spec.data, pid)
+    if len(items) <= spec.item_cap:
+        return items
+    from fedsketch.privacy import cap_items
+
+    return cap_items(items, cap=spec.item_cap, seed=np.random.default_rng([spec.data_seed, spec.round, pid, 1])).items
 
 
 def noise_share(spec: RoundSpec, pid: int) -> np.ndarray | None:
-    """This client's integer noise share (depth, width), seeded by (noise_seed, round, pid); None without DP."""
+    """This client's Skellam noise share (depth, width), seeded by (noise_seed, round, pid); None without DP."""
     if spec.noise_var <= 0:
         return None
-    from fedsketch.privacy import skellam_share
+    from fedsketch.privacy import SkellamNoise
 
     rng = np.random.default_rng([spec.noise_seed, spec.round, pid])
-    return skellam_share(spec.noise_var, (spec.depth, spec.width), rng)
+    return SkellamNoise(spec.noise_var, spec.noise_clients).client_noise((spec.depth, spec.width), rng)
 
 
 def client_table(spec: RoundSpec, pid: int) -> np.ndarray:
     """The int64 (depth, width) table client `pid` uploads in this round: sketch of its capped items + noise share."""
     from fedsketch import CountSketch
 
-    items = capped_items(spec.data, pid, spec.item_cap)
-    table = CountSketch(spec.depth, spec.width, spec.seed).encode(items)
+    table = CountSketch(spec.depth, spec.width, spec.seed).encode(capped_items(spec, pid))
     noise = noise_share(spec, pid)
     return table if noise is None else table + noise
+
+
+def cohort_tables(spec: RoundSpec, pids: np.ndarray, *, noise: bool = True) -> np.ndarray:
+    """`client_table` for many clients at once, shape (n, depth, width): one vectorized `encode_clients` call.
+
+    Equal, client by client, to `client_table` (same caps, same noise seeds); used by the in-process backend and
+    the evaluation oracle. `noise=False` leaves the noise shares out (the oracle's noise-free view).
+    """
+    from fedsketch import CountSketch
+
+    pids = np.asarray(pids, dtype=np.int64)
+    parts = [capped_items(spec, int(p)) for p in pids]
+    items = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    index = np.repeat(np.arange(len(pids)), [len(p) for p in parts])
+    tables = CountSketch(spec.depth, spec.width, spec.seed).encode_clients(items, index, len(pids))
+    if noise and spec.noise_var > 0:
+        for i, p in enumerate(pids.tolist()):
+            tables[i] += noise_share(spec, p)
+    return tables
 
 
 def check_table(table: Any, spec: RoundSpec) -> np.ndarray:
@@ -160,12 +185,13 @@ def check_table(table: Any, spec: RoundSpec) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def value_bound(item_cap: int, noise_var: float, tail_sigmas: float = 16.0) -> int:
+def value_bound(item_cap: int, share_var: float, tail_sigmas: float = 16.0) -> int:
     """The public per-entry bound: item_cap (all of a client's items in one bucket) + a noise tail allowance.
 
-    The allowance is `tail_sigmas` standard deviations of the noise share (plus 8 for small variances), so a client
-    fails the check with negligible probability; a client that does fail is counted, never clipped.
+    `share_var` is one client's noise variance per entry. The allowance is `tail_sigmas` standard deviations of it
+    (plus 8 for small variances), so an honest client fails the check with negligible probability; a client that
+    does fail is counted, never clipped.
     """
-    if noise_var <= 0:
+    if share_var <= 0:
         return int(item_cap)
-    return int(item_cap + np.ceil(tail_sigmas * np.sqrt(noise_var)) + 8)
+    return int(item_cap + np.ceil(tail_sigmas * np.sqrt(share_var)) + 8)
