@@ -79,7 +79,7 @@ def shared_hash_records(records: list[RoundRecord], settings: ServerSettings, no
 
 def noise_free_records(records: list[RoundRecord], settings: ServerSettings) -> list[RoundRecord]:
     """ORACLE: the completed rounds' sums without the DP noise shares (the sketching error alone)."""
-    return [replace(r, total=oracle_round_sum(r, settings, noise=False)) for r in records if r.total is not None]
+    return [r if r.total is None else replace(r, total=oracle_round_sum(r, settings, noise=False)) for r in records]
 
 
 def linf(estimate: np.ndarray, truth: np.ndarray) -> float:

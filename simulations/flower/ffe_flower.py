@@ -187,8 +187,12 @@ def evaluate(settings: ServerSettings, server_log: ServerLog, *, compare_inproce
         diff_inproc = max((int(np.abs(r.total - oracle_inprocess_sum(r, settings)).max()) for r in done), default=None)
     running = running_errors(recs, shared, settings)
     if settings.noise_var > 0:  # the sketching error alone: the same rounds decoded without the noise shares
-        sketch_hybrid = linf(decode_rounds(noise_free_records(recs, settings), settings, "hybrid"), truth)
-        sketch_shared = linf(decode_rounds(shared_hash_records(recs, settings, noise=False), settings, "shared"), truth)
+        nf, nf_shared = noise_free_records(recs, settings), shared_hash_records(recs, settings, noise=False)
+        sketch_hybrid = linf(decode_rounds(nf, settings, "hybrid"), truth)
+        sketch_shared = linf(decode_rounds(nf_shared, settings, "shared"), truth)
+        for row, nf_row in zip(running, running_errors(nf, nf_shared, settings), strict=True):
+            row["hybrid_linf_noise_free"] = nf_row["hybrid_linf"]
+            row["shared_linf_noise_free"] = nf_row["shared_linf"]
     else:
         sketch_hybrid, sketch_shared = linf(hybrid_est, truth), linf(shared_est, truth)
     top = np.argsort(-truth, kind="stable")[:40]
@@ -228,6 +232,12 @@ def _plot(metrics: dict, out_dir: Path, vocab: tuple[str, ...] | None) -> Path:
     rounds = [r["round"] for r in metrics["rounds"]]
     ax.plot(rounds, [r["hybrid_linf"] or np.nan for r in metrics["rounds"]], "o-", label="hybrid")
     ax.plot(rounds, [r["shared_linf"] or np.nan for r in metrics["rounds"]], "s--", label="shared-hash")
+    if "hybrid_linf_noise_free" in metrics["rounds"][0]:
+        ax.plot(rounds, [r["hybrid_linf_noise_free"] or np.nan for r in metrics["rounds"]], "o:", c="C0", alpha=0.6,
+                label="hybrid, sketching error only")
+        ax.plot(rounds, [r["shared_linf_noise_free"] or np.nan for r in metrics["rounds"]], "s:", c="C1", alpha=0.6,
+                label="shared-hash, sketching error only")
+        ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="l_inf error of the running estimate", title="error vs round")
     ax.legend()
     return save_figure(fig, out_dir, "ffe_flower.png")
