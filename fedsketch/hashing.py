@@ -43,69 +43,79 @@ def _coefficient(seed: int, sign_seed: int | None, row: int, name: str, nonzero:
     return value % MERSENNE_P
 
 
-def _reduce(s: np.ndarray) -> np.ndarray:
-    """s mod p for uint64 s < 2^63 (in place)."""
+# Arithmetic mod p is "lazy": intermediate values are only folded, (s & p) + (s >> 61) < 2^61 + 8, and made
+# canonical (in [0, p)) once per polynomial. The bounds in the comments show that no uint64 operation overflows.
+
+
+def _fold(s: np.ndarray) -> np.ndarray:
+    """A value congruent to s mod p and below 2^61 + 8, for uint64 s (in place on s's buffer where possible)."""
     r = s & _P
     s >>= _U61
     r += s
-    r -= _P * (r >= _P)
     return r
 
 
-def mulmod(a: int, x_hi: np.ndarray, x_lo: np.ndarray) -> np.ndarray:
-    """(a * x) mod p for a scalar a < p and x < p given as limbs x = x_hi * 2^32 + x_lo (x_hi < 2^29).
-
-    a*x = hh 2^64 + mid 2^32 + lo with 2^64 = 8 (mod p); mid 2^32 = (mid >> 29) 2^61 + (mid & (2^29-1)) 2^32.
-    Every partial sum stays below 2^63, so uint64 never overflows.
-    """
-    a_hi, a_lo = np.uint64(a >> 32), np.uint64(a & 0xFFFFFFFF)
-    lo = x_lo * a_lo  # < 2^64
-    mid = x_lo * a_hi
-    mid += x_hi * a_lo  # < 2^62
-    s = x_hi * a_hi  # < 2^58
-    s <<= _U3  # * 8, < 2^61
-    s += mid >> _U29  # < 2^33
-    mid &= _LO29
-    mid <<= _U32  # < 2^61
-    s += mid
-    s += lo >> _U61  # < 8
-    lo &= _P
-    s += lo  # total < 2^63
-    return _reduce(s)
+def _canonical(s: np.ndarray) -> np.ndarray:
+    """s mod p in [0, p) for uint64 s."""
+    r = _fold(s)
+    r -= _P * (r >= _P)
+    return r
 
 
 def _limbs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x >> _U32, x & _LO32
 
 
-def _poly(coeffs: np.ndarray, u_hi: np.ndarray, u_lo: np.ndarray) -> np.ndarray:
-    """sum_i coeffs[i] u^i mod p by Horner's rule, coeffs (4, R, 1) uint64 (coeffs[0] the constant term) against
-    u (1, n) as limbs: all R rows at once, (R, n) uint64."""
-    acc = _mulmod_arrays(np.broadcast_to(coeffs[-1], (coeffs.shape[1], 1)), u_hi, u_lo)
-    for i in range(coeffs.shape[0] - 2, -1, -1):
-        acc += coeffs[i]
-        acc -= _P * (acc >= _P)
-        if i > 0:
-            acc = _mulmod_arrays(acc, u_hi, u_lo)
-    return acc
+def _mulmod(a: np.ndarray, x_hi: np.ndarray, x_lo: np.ndarray) -> np.ndarray:
+    """a * x mod p (lazy) for a < 2^62 + 8 and x < 2^61 given as limbs x = x_hi 2^32 + x_lo.
 
-
-def _mulmod_arrays(a: np.ndarray, x_hi: np.ndarray, x_lo: np.ndarray) -> np.ndarray:
-    """(a * x) mod p elementwise for arrays a, x < p (x given as limbs); same folding as `mulmod`."""
-    a_hi, a_lo = _limbs(a)
-    lo = x_lo * a_lo
+    a x = hh 2^64 + mid 2^32 + lo with 2^64 = 8 (mod p) and mid 2^32 = (mid >> 29) 2^61 + (mid & (2^29-1)) 2^32.
+    """
+    a_hi, a_lo = _limbs(a)  # a_hi < 2^30 + 1
+    lo = x_lo * a_lo  # < 2^64
     mid = x_lo * a_hi
-    mid += x_hi * a_lo
+    mid += x_hi * a_lo  # < 2^62 + 2^61 + 2^32
     s = x_hi * a_hi
-    s <<= _U3
+    s <<= _U3  # 8 hh < 2^62 + 2^35
     s += mid >> _U29
+    mid &= _LO29
+    mid <<= _U32  # < 2^61
+    s += mid
+    s += lo >> _U61
+    lo &= _P
+    s += lo  # < 2^63 + 2^36 < 2^64
+    return _fold(s)
+
+
+def _mulmod_small(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """a * x mod p (lazy) for a < 2^62 + 8 and x < 2^32: the high limb of x is zero, so two products suffice."""
+    a_hi, a_lo = _limbs(a)
+    lo = a_lo * x  # < 2^64
+    mid = a_hi * x  # < 2^62 + 2^32
+    s = mid >> _U29
     mid &= _LO29
     mid <<= _U32
     s += mid
     s += lo >> _U61
     lo &= _P
-    s += lo
-    return _reduce(s)
+    s += lo  # < 2^62 + 2^35
+    return _fold(s)
+
+
+def _poly(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """sum_i coeffs[i] x^i mod p in [0, p) by Horner's rule, coeffs (4, R, 1) uint64 (coeffs[0] the constant term)
+    against ids x (1, n) < p: all R rows at once, (R, n) uint64."""
+    if x.size and int(x.max()) < (1 << 32):
+        mul = lambda acc: _mulmod_small(acc, x)  # noqa: E731
+    else:
+        x_hi, x_lo = _limbs(x)
+        mul = lambda acc: _mulmod(acc, x_hi, x_lo)  # noqa: E731
+    acc = mul(np.broadcast_to(coeffs[-1], (coeffs.shape[1], 1)))
+    for i in range(coeffs.shape[0] - 2, -1, -1):
+        acc += coeffs[i]  # < 2^62 + 8
+        if i > 0:
+            acc = mul(acc)
+    return _canonical(acc)
 
 
 def _addmod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,15 +151,15 @@ class RowHashes:
 
     @staticmethod
     def _values(C: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """g(x) for all rows, (R, n) uint64, for uint64 ids x (1-d)."""
+        """g(x) in [0, p) for all rows, (R, n) uint64, for uint64 ids x (1-d) below 2^62."""
         big = x >= _P
         if not bool(big.any()):
-            return _poly(C[0], *_limbs(x[None, :]))
-        v = big.astype(np.uint64) + (x >= np.uint64(2 * MERSENNE_P))
-        u_limbs = _limbs((x - v * _P)[None, :])
-        g = _poly(C[0], *u_limbs)
-        g = _addmod(g, _mulmod_arrays(_poly(C[1], *u_limbs), *_limbs(v[None, :])))
-        return _addmod(g, _mulmod_arrays(_poly(C[2], *u_limbs), *_limbs((v * v)[None, :])))
+            return _poly(C[0], x[None, :])
+        v = (big.astype(np.uint64) + (x >= np.uint64(2 * MERSENNE_P)))[None, :]
+        u = x[None, :] - v * _P
+        g = _poly(C[0], u)
+        g = _addmod(g, _canonical(_mulmod_small(_poly(C[1], u), v)))
+        return _addmod(g, _canonical(_mulmod_small(_poly(C[2], u), v * v)))
 
     def hash(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Buckets (R, n) intp in [0, W) and signs (R, n) int8 in {-1, +1} for int64 ids in [0, 2^62).
@@ -185,5 +195,9 @@ def split(g: np.ndarray, s: np.ndarray, width: int) -> tuple[np.ndarray, np.ndar
     signs = (s & one).astype(np.int8)
     signs *= -2
     signs += 1
-    buckets = ((g >> one) % np.uint64(width)).astype(np.intp)
-    return buckets, signs
+    h = g >> one
+    if width & (width - 1) == 0:  # power of two: a mask instead of a uint64 division
+        h &= np.uint64(width - 1)
+    else:
+        h %= np.uint64(width)
+    return h.astype(np.intp), signs
