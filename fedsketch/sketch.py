@@ -51,7 +51,7 @@ def _as_counts(counts: ArrayLike, n: int) -> np.ndarray:
     if n and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"counts must have an integer dtype (counts in [0, 2^53)), got {arr.dtype}")
     arr = arr.astype(np.int64, copy=False)
-    if n and (int(arr.min()) < 0 or int(arr.sum()) >= _MAX_EXACT):
+    if n and (int(arr.min()) < 0 or float(arr.sum(dtype=np.float64)) >= _MAX_EXACT):
         raise ValueError(f"counts must be non-negative with a sum below 2^53, got min {int(arr.min())}")
     return arr
 
