@@ -32,14 +32,26 @@ from models.train import peak_flops  # noqa: E402
 class HFGPT2ICL(nn.Module):
     """dtsip/in-context-learning's TransformerModel: interleave → read_in → GPT2Model → read_out[:, ::2]."""
 
-    def __init__(self, d: int, n_points: int, n_layer: int, n_embd: int, n_head: int, attn: str | None) -> None:
+    def __init__(
+        self, d: int, n_points: int, n_layer: int, n_embd: int, n_head: int, attn: str | None
+    ) -> None:
         super().__init__()
         from transformers import GPT2Config, GPT2Model
 
-        cfg = GPT2Config(n_positions=2 * n_points, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+        cfg = GPT2Config(
+            n_positions=2 * n_points,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            use_cache=False,
+        )
         self.read_in = nn.Linear(d, n_embd)
-        self.backbone = GPT2Model(cfg) if attn is None else GPT2Model._from_config(cfg, attn_implementation=attn)
+        self.backbone = (
+            GPT2Model(cfg) if attn is None else GPT2Model._from_config(cfg, attn_implementation=attn)
+        )
         self.read_out = nn.Linear(n_embd, 1)
         self.attn = self.backbone.config._attn_implementation
 
@@ -50,8 +62,15 @@ class HFGPT2ICL(nn.Module):
         return self.read_out(h)[:, ::2, 0]
 
 
-def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
-             compile_: bool, mode: str | None = None) -> Callable[[], None]:
+def _stepper(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    amp: bool,
+    compile_: bool,
+    mode: str | None = None,
+) -> Callable[[], None]:
     """One Adam training step on a fixed batch, as a closure."""
     fwd = torch.compile(model, mode=mode) if compile_ else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -82,7 +101,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
-    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    ap.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)"
+    )
+    ap.add_argument("--full-last-layer", action="store_true", help="GPT2ICL(x_only=False) (default: x_only on CPU only)")
+    ap.add_argument("--only-ours", action="store_true", help="skip the HF comparison")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=0, help="steps per window (default 2 on CPU, 50 on CUDA)")
     ap.add_argument("--windows", type=int, default=5)
@@ -105,22 +128,38 @@ def main() -> None:
     x = torch.randn(args.batch, n_points, d, generator=g).to(device)
     y = torch.randn(args.batch, n_points, generator=g).to(device)
     warmup = 3 if args.compile else 1
-    report: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "threads": torch.get_num_threads(),
-                    "batch": args.batch, "compile": args.compile, "compile_mode": args.compile_mode, "amp_bf16": cuda, "steps_per_window": steps,
-                    "windows": args.windows, "torch": torch.__version__}
+    report: dict = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "compile": args.compile,
+        "compile_mode": args.compile_mode,
+        "x_only": not args.full_last_layer and not cuda,
+        "amp_bf16": cuda,
+        "steps_per_window": steps,
+        "windows": args.windows,
+        "torch": torch.__version__,
+    }
     torch.manual_seed(0)
-    ours = GPT2ICL(d, n_points, n_layer, n_embd, n_head).to(device)
+    ours = GPT2ICL(d, n_points, n_layer, n_embd, n_head, x_only=False if args.full_last_layer else None).to(device)
     models = {"ours": ours}
     try:
+        if args.only_ours:
+            raise ImportError
         import transformers
     except ImportError:
-        print("transformers is not installed (pip install '.[bench]'): skipping the HF GPT2Model comparison")
+        if not args.only_ours:
+            print(
+                "transformers is not installed (pip install '.[bench]'): skipping the HF GPT2Model comparison"
+            )
         transformers = None
     if transformers is not None:
         torch.manual_seed(0)
         models["hf"] = HFGPT2ICL(d, n_points, n_layer, n_embd, n_head, args.hf_attn).to(device)
         report.update(hf_attn=models["hf"].attn, transformers=transformers.__version__)
-    steppers = {k: _stepper(m, x, y, device, cuda, args.compile, args.compile_mode) for k, m in models.items()}
+    steppers = {
+        k: _stepper(m, x, y, device, cuda, args.compile, args.compile_mode) for k, m in models.items()
+    }
     for k, step in steppers.items():
         t0 = time.perf_counter()
         for _ in range(warmup):
@@ -137,8 +176,9 @@ def main() -> None:
         report[f"{k}_params"] = count_params(m)
         if pf:
             t = 2 * n_points - 1 if k == "ours" else 2 * n_points
-            fpt = transformer_flops_per_token(count_params(m) - (0 if k == "ours" else m.backbone.wte.weight.numel()),
-                                              n_layer, n_embd, t)
+            fpt = transformer_flops_per_token(
+                count_params(m) - (0 if k == "ours" else m.backbone.wte.weight.numel()), n_layer, n_embd, t
+            )
             report[f"{k}_mfu"] = report[f"{k}_steps_per_s"] * args.batch * t * fpt / pf
     if "hf" in rates:
         report["ratio"] = statistics.median(a / b for a, b in zip(rates["ours"], rates["hf"]))
