@@ -94,6 +94,25 @@ def _check_sgd(optimizer: Optimizer) -> None:
             raise ValueError(f"DP² needs SGD with momentum=0, got momentum={group.get('momentum')}")
 
 
+def _scaled_sq_norms(flat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """‖g_i ⊙ scale‖² = Σ_j g_ij² scale_j² for each row g_i of ``flat`` (B × P).
+
+    On CPU this runs in column blocks of ~2^20 elements (g² block, then a matrix-vector product with
+    scale²), so no B × P temporary is allocated and phase B costs about what phase A's plain norm pass
+    costs. On GPUs, where launches cost more than bandwidth, it is one fused expression.
+    """
+    n, width = flat.shape
+    if flat.device.type != "cpu" or n * width <= 1 << 20:
+        return torch.linalg.vector_norm(flat * scale, dim=1) ** 2
+    block = max(1, (1 << 20) // n)
+    scale2 = scale * scale
+    out = torch.zeros(n, dtype=flat.dtype, device=flat.device)
+    for a in range(0, width, block):
+        part = flat[:, a : a + block]
+        out.addmv_(part * part, scale2[a : a + block])
+    return out
+
+
 class DP2RMSprop(DPOptimizer):
     """DP²-RMSProp: Opacus ``DPOptimizer`` with per-sample preconditioning in phase B (see module docstring).
 
@@ -202,9 +221,10 @@ class DP2RMSprop(DPOptimizer):
             sq = []
             for i, g in enumerate(raw):
                 flat = g.reshape(n, -1)
-                if inv_d is not None:
-                    flat = flat * inv_d[i].reshape(1, -1).to(flat.dtype)
-                sq.append(torch.linalg.vector_norm(flat, dim=1).to(raw[0].device) ** 2)
+                if inv_d is None:
+                    sq.append(torch.linalg.vector_norm(flat, dim=1).to(raw[0].device) ** 2)
+                else:
+                    sq.append(_scaled_sq_norms(flat, inv_d[i].reshape(-1).to(flat.dtype)).to(raw[0].device))
             norms = torch.stack(sq, dim=1).sum(dim=1).sqrt()
             if self.config.check_finite and not bool(torch.isfinite(norms).all()):
                 bad = int((~torch.isfinite(norms)).sum())

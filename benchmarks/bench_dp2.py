@@ -1,0 +1,261 @@
+"""Benchmark: one DP training step (batch 64) — non-private, Opacus DP-SGD, Opacus DP-Adam, DP²-RMSProp.
+
+Two models: a 2-layer MLP over 10k features and a small nn.TransformerEncoder classifier. For each we time
+one full step (zero_grad, forward, loss, backward, optimizer step) and report the median of ``--reps`` runs
+(interleaved across methods, after warm-up), the ratio to the non-private step on the same model measured in
+the same process (the floor), and peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per method; on CPU
+the peak resident-set growth of a fresh subprocess that runs the same steps (torch's CPU allocator is not seen
+by tracemalloc). DP² is timed in both phases: A (DP-SGD with G accumulation) and B (per-sample
+preconditioning with clip C2), the slower of which is compared with DP-Adam (goal: <= 1.10x).
+
+    python benchmarks/bench_dp2.py [--device cpu|cuda] [--reps 7] [--json out.json] [--no-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+warnings.filterwarnings("ignore")
+
+BATCH = 64
+FEATURES, HIDDEN = 10_000, 128
+VOCAB, SEQ, D_MODEL, LAYERS = 1000, 32, 64, 2
+
+# (label, method, grad-sample mode)
+METHODS = [
+    ("non-private SGD", "nonprivate", None),
+    ("Opacus DP-SGD (hooks)", "dp-sgd", "hooks"),
+    ("Opacus DP-Adam (hooks)", "dp-adam", "hooks"),
+    ("DP²-RMSProp phase A (hooks)", "dp2-A", "hooks"),
+    ("DP²-RMSProp phase B (hooks)", "dp2-B", "hooks"),
+    ("Opacus DP-SGD (functorch)", "dp-sgd", "functorch"),
+    ("Opacus DP-SGD (ew)", "dp-sgd", "ew"),
+    ("Opacus DP-SGD (ghost)", "dp-sgd", "ghost"),
+    ("DP²-RMSProp phase B (functorch)", "dp2-B", "functorch"),
+    ("DP²-RMSProp phase B (ew)", "dp2-B", "ew"),
+    ("DelayedPrecondRMSprop phase B (ghost)", "dp2-ntp-B", "ghost"),
+]
+
+
+class _TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, D_MODEL)
+        layer = nn.TransformerEncoderLayer(D_MODEL, nhead=4, dim_feedforward=2 * D_MODEL, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, num_layers=LAYERS, enable_nested_tensor=False)
+        self.head = nn.Linear(D_MODEL, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.emb(x)).mean(dim=1))
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2))
+    from opacus.validators import ModuleValidator
+
+    return ModuleValidator.fix(_TinyTransformer())  # nn.MultiheadAttention -> Opacus' DPMultiheadAttention
+
+
+def _batch(name: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(BATCH, FEATURES, generator=g) < 0.01).float() if name == "mlp" else torch.randint(
+        0, VOCAB, (BATCH, SEQ), generator=g
+    )
+    return x.to(device), torch.randint(0, 2, (BATCH,), generator=g).to(device)
+
+
+def _build(model_name: str, method: str, mode: str | None, device: str) -> Callable[[], None]:
+    """A closure that runs one training step of ``method`` on ``model_name``."""
+    from dpopt import DP2Config, PrivacyEngine
+    from dpopt.dp2 import DelayedPrecondRMSprop
+
+    model = _model(model_name).to(device)
+    x, y = _batch(model_name, device)
+    loss_fn = nn.CrossEntropyLoss()
+    if method == "nonprivate":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        return step
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=BATCH)  # q = 1: expected batch 64
+    dp2 = None
+    if method == "dp-adam":
+        inner = torch.optim.Adam(model.parameters(), lr=1e-3)
+    elif method == "dp2-ntp-B":
+        inner = DelayedPrecondRMSprop(model.parameters(), lr=0.01, lr2=0.1, delay=10**6, eps=1e-3)
+        for g in inner.param_groups:
+            g["dp2_step"] = 10**6  # start in phase B
+    else:
+        inner = torch.optim.SGD(model.parameters(), lr=0.01)
+        if method.startswith("dp2"):
+            dp2 = DP2Config(delay=10**6, clip2=5.0, lr2=0.1, eps=1e-3)
+    out = PrivacyEngine().make_private(
+        module=model, optimizer=inner, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+        dp2=dp2, grad_sample_mode=mode, criterion=loss_fn,
+    )
+    module, opt = out[0], out[1]
+    crit = out[2] if len(out) == 4 else loss_fn
+    if method == "dp2-B":  # jump to phase B with a non-trivial preconditioner
+        for g in opt.param_groups:
+            g["dp2_step"] = 10**6
+        for p in opt.params:
+            opt.state[p]["dp2_v"].uniform_(0.0, 1e-4)
+    if method == "dp2-ntp-B":
+        for p in module.parameters():
+            inner.state[p]["G"] = torch.zeros_like(p)
+            inner.state[p]["v"] = torch.rand_like(p) * 1e-4
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        crit(module(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_all(model_name: str, device: str, reps: int, warmup: int) -> dict[str, dict]:
+    steps, results = {}, {}
+    for label, method, mode in METHODS:
+        try:
+            steps[label] = _build(model_name, method, mode, device)
+            for _ in range(warmup):
+                steps[label]()
+            _sync(device)
+        except Exception as err:  # an unsupported (model, mode) pair is a result, not a crash
+            results[label] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+            steps.pop(label, None)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(reps):  # interleave methods so machine noise hits all alike
+        for label, fn in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[label].append(time.perf_counter() - t0)
+    for label, ts in times.items():
+        results[label] = {"median_s": statistics.median(ts), "min_s": min(ts), "reps": len(ts)}
+    return results
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _memory_child(model_name: str, label: str, device: str) -> None:
+    """Subprocess body: build, run 3 steps, print the peak resident growth (MiB) over the steps."""
+    torch.set_num_threads(1)
+    method, mode = next((m, md) for lab, m, md in METHODS if lab == label)
+    fn = _build(model_name, method, mode, device)
+    base = _rss_kb()
+    for _ in range(3):
+        fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": max(0, peak - base) / 1024}))
+
+
+def _memory(model_name: str, device: str, labels: list[str]) -> dict[str, float]:
+    out = {}
+    for label in labels:
+        if device == "cuda":
+            method, mode = next((m, md) for lab, m, md in METHODS if lab == label)
+            fn = _build(model_name, method, mode, device)
+            fn()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            out[label] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            del fn
+            torch.cuda.empty_cache()
+        else:
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--memory-child", model_name, label],
+                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            out[label] = json.loads(lines[-1])["peak_mib"] if lines else float("nan")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--models", default="mlp,transformer")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    ap.add_argument("--memory-child", nargs=2, metavar=("MODEL", "LABEL"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        _memory_child(*args.memory_child, args.device)
+        return
+    if args.reps < 5:
+        ap.error("--reps must be >= 5 (medians of at least 5 runs)")
+    torch.set_num_threads(args.threads)
+    report: dict = {"device": args.device, "batch": BATCH, "torch": torch.__version__, "models": {}}
+    if args.device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+    for model_name in args.models.split(","):
+        res = _time_all(model_name, args.device, args.reps, args.warmup)
+        ok = [k for k, v in res.items() if "median_s" in v]
+        if not args.no_memory:
+            for label, mib in _memory(model_name, args.device, ok).items():
+                res[label]["peak_mib"] = mib
+        floor = res["non-private SGD"]["median_s"]
+        for v in res.values():
+            if "median_s" in v:
+                v["ratio_to_nonprivate"] = v["median_s"] / floor
+        adam = res["Opacus DP-Adam (hooks)"]["median_s"]
+        dp2 = max(res["DP²-RMSProp phase A (hooks)"]["median_s"], res["DP²-RMSProp phase B (hooks)"]["median_s"])
+        n_params = sum(p.numel() for p in _model(model_name).parameters())
+        report["models"][model_name] = {"params": n_params, "methods": res, "dp2_over_dp_adam": dp2 / adam}
+        print(f"\n## {model_name} ({n_params:,} params, batch {BATCH}, {args.device}, median of {args.reps})")
+        print("| method | median step (ms) | × non-private | peak memory (MiB) |")
+        print("|---|---:|---:|---:|")
+        for label, v in res.items():
+            if "error" in v:
+                print(f"| {label} | unsupported: {v['error']} | | |")
+                continue
+            mem = f"{v['peak_mib']:.1f}" if "peak_mib" in v else "-"
+            print(f"| {label} | {1e3 * v['median_s']:.2f} | {v['ratio_to_nonprivate']:.2f} | {mem} |")
+        print(f"DP² (slower phase) / Opacus DP-Adam step: {dp2 / adam:.3f} (goal <= 1.10)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
