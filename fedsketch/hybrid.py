@@ -24,7 +24,7 @@ variance argument above support. All functions return float64 count estimates (d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -62,14 +62,24 @@ def shared_hash_estimate(
     _check_decode(decode)
     arrs = _check(tables, [seed], 1)
     cs = CountSketch(depth, width, seed, domain=domain)
-    total = sum((cs.check_table(t, f"tables[{i}]") for i, t in enumerate(arrs)), start=np.zeros(cs.shape))
+    checked = [cs.check_table(t, f"tables[{i}]") for i, t in enumerate(arrs)]
+    exact = all(np.issubdtype(t.dtype, np.integer) for t in checked)
+    total = np.zeros(cs.shape, dtype=np.int64 if exact else np.float64)  # integer sums stay exact
+    for t in checked:
+        total += t
     return cs.decode(total, ids, method=decode)
 
 
-def _round_rows(tables, seeds, depth, width, ids, domain):
+def _round_rows(
+    tables: list[np.ndarray], seeds: Sequence[int], depth: int, width: int, ids: ArrayLike | None, domain: int | None
+) -> Iterator[np.ndarray]:
+    """Each round's (R, n) row estimates, one round at a time."""
     for t, table in enumerate(tables):
         cs = CountSketch(depth, width, seeds[t], domain=domain)
         yield cs.row_estimates(cs.check_table(table, f"tables[{t}]"), ids)
+
+
+_POOL_BLOCK = 1 << 24  # row estimates held at once by `pooled_estimate` (M * R * ids per block)
 
 
 def pooled_estimate(
@@ -82,11 +92,23 @@ def pooled_estimate(
     domain: int | None = None,
     decode: str = "median",
 ) -> np.ndarray:
-    """Adaptation B: round t hashed with seeds[t]; M * (median or mean of all M*R row estimates)."""
+    """Adaptation B: round t hashed with seeds[t]; M * (median or mean of all M*R row estimates).
+
+    Items are processed in blocks so that at most ~2^24 row estimates are held at once."""
     _check_decode(decode)
     arrs = _check(tables, seeds, len(tables))
-    rows = np.concatenate(list(_round_rows(arrs, seeds, depth, width, ids, domain)), axis=0)
-    return len(arrs) * combine_rows(rows, decode)
+    m = len(arrs)
+    probe = CountSketch(depth, width, seeds[0], domain=domain)
+    all_ids = probe._decode_ids(ids)  # validated once against the domain
+    sketches = [CountSketch(depth, width, seeds[t]) for t in range(m)]  # no (R, d) caches for M rounds
+    checked = [sketches[t].check_table(arrs[t], f"tables[{t}]") for t in range(m)]
+    block = max(1, _POOL_BLOCK // (m * sketches[0].depth))
+    out = np.empty(all_ids.shape[0])
+    for a in range(0, all_ids.shape[0], block):
+        chunk = all_ids[a : a + block]
+        rows = np.concatenate([sketches[t].row_estimates(checked[t], chunk) for t in range(m)], axis=0)
+        out[a : a + block] = m * combine_rows(rows, decode)
+    return out
 
 
 def hybrid_estimate(
