@@ -191,7 +191,8 @@ class TwoPhaseSizer:
         p[idx] = est[idx]
         if self.domain > plan.n_detected:
             p[p == 0] = max(n1 - p.sum(), 0.0) / (self.domain - plan.n_detected)
-        return p / p.sum()
+        total = p.sum()
+        return p / total if total > 0 else np.full(self.domain, 1.0 / self.domain)
 
     def _scenarios(self, plan: SizingPlan, round_sizes: Sequence[int]) -> list[dict]:
         """Simulated rounds drawn once per plan: counts, raw hash values, and the fixed phase-1 part."""
