@@ -34,3 +34,9 @@ def test_task_count_plateaus_near_the_infinite_task_optimum_by_1000_tasks(smoke)
     assert m["K=1000"] <= 1.10 * m["Gamma*"]
     assert m["K=10"] > m["K=1000"]  # a pool of 10 tasks is measurably worse
     assert m["ridge"] < m["Gamma*"] <= 2.0 * m["ridge"]
+
+
+def test_kernel_feature_map_scales_with_context_and_the_prompt_mlp_does_not(smoke):
+    e = smoke("icl-context-vs-task")["metrics"]["error"]
+    assert e["feature map"]["0"]["32"] < 0.7 * e["feature map"]["0"]["8"]
+    assert e["MLP"]["0"]["32"] >= 0.9 * e["MLP"]["0"]["8"]

@@ -3,6 +3,8 @@
 # name -> module that registers it (imported only when the experiment runs)
 EXPERIMENTS: dict[str, str] = {
     "icl-linear-attention": "simulations.icl.linear_attention",
+    "icl-pgd": "simulations.icl.pgd",
     "icl-ltb": "simulations.icl.ltb",
     "icl-task-count": "simulations.icl.task_count",
+    "icl-context-vs-task": "simulations.icl.context_vs_task",
 }

@@ -94,10 +94,11 @@ def evaluate(
 ) -> dict[str, float]:
     """Query MSE E(ŷ − y_q)² of each predictor on the same `prompts` held-out prompts (drawn in chunks from a
     generator seeded by `seed`, so every call with that seed sees the same prompts). `transform` maps a batch
-    of prompts to a shifted one (distribution-shift tests). Returns {name: mse}, plus "zero": E y_q²."""
+    of prompts to a shifted one (distribution-shift tests). A predictor may return [T, B] (e.g. one row per
+    depth); its entry is then a list of T errors. Returns {name: mse}, plus "zero": E y_q²."""
     sampler = TaskSampler(task, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    sums = {name: 0.0 for name in predictors} | {"zero": 0.0}
+    sums: dict[str, Any] = {name: 0.0 for name in predictors} | {"zero": 0.0}
     done = 0
     while done < prompts:
         b = min(chunk, prompts - done)
@@ -106,10 +107,10 @@ def evaluate(
             batch = transform(batch)
         yq = batch.y[:, -1]
         for name, fn in predictors.items():
-            sums[name] += float((fn(batch.x, batch.y).float() - yq).pow(2).sum())
+            sums[name] = sums[name] + (fn(batch.x, batch.y).float() - yq).pow(2).sum(-1).double().cpu()
         sums["zero"] += float(yq.pow(2).sum())
         done += b
-    return {name: s / prompts for name, s in sums.items()}
+    return {name: (s / prompts).tolist() if torch.is_tensor(s) else s / prompts for name, s in sums.items()}
 
 
 def model_predictor(model: nn.Module, **kwargs: Any) -> Predictor:
