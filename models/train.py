@@ -38,7 +38,9 @@ class TrainConfig:
     """How to train. lr is the peak; the schedule warms up linearly over `warmup_steps`, then stays (constant) or
     decays by a cosine to min_lr_ratio·lr at `steps`. grad_clip ≤ 0 disables clipping (use that with a DP
     optimizer, which clips per example itself). grad_accum micro-batches make one step. Every `*_every` of 0
-    disables that action; checkpoints go to ckpt_path, metrics (one JSON object a line) to metrics_path."""
+    disables that action; checkpoints go to ckpt_path, metrics (one JSON object a line) to metrics_path.
+    compile_mode is passed to torch.compile ("reduce-overhead" uses CUDA graphs: small models on a GPU are
+    launch-bound: GPT2ICL 12×256 at batch 64 runs 165 steps/s with it vs 36 eager on an H100)."""
 
     steps: int
     lr: float = 1e-3
@@ -52,6 +54,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True
     compile: bool = False
+    compile_mode: str | None = None
     log_every: int = 50
     eval_every: int = 0
     ckpt_every: int = 0
@@ -140,7 +143,7 @@ class Trainer:
         if config.seed is not None:
             _seed_everything(config.seed)
         self.model = model.to(self.device)
-        self._forward_model = torch.compile(self.model) if config.compile else self.model
+        self._forward_model = torch.compile(self.model, mode=config.compile_mode) if config.compile else self.model
         self.loss_fn = loss_fn
         self._batch_fn = batches if callable(batches) and not isinstance(batches, Iterable) else None
         self._iterable = None if self._batch_fn is not None else batches
