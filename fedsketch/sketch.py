@@ -180,8 +180,9 @@ class CountSketch:
             return out.reshape(n_clients, self.depth, self.width)
         uniq, inverse = np.unique(ids, return_inverse=True)
         buckets, signs = self._hash(uniq)
-        rows = np.arange(self.depth, dtype=np.int64)[:, None] * self.width
-        flat = (clients * (self.depth * self.width))[None, :] + rows + buckets[:, inverse]
+        buckets += np.arange(self.depth, dtype=np.intp)[:, None] * self.width  # row offsets, on the distinct ids
+        flat = buckets[:, inverse]
+        flat += (clients * (self.depth * self.width))[None, :]
         values = signs[:, inverse].astype(np.int64)
         if weights is not None:
             values *= weights[None, :]
