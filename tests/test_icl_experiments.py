@@ -40,3 +40,20 @@ def test_kernel_feature_map_scales_with_context_and_the_prompt_mlp_does_not(smok
     e = smoke("icl-context-vs-task")["metrics"]["error"]
     assert e["feature map"]["0"]["32"] < 0.7 * e["feature map"]["0"]["8"]
     assert e["MLP"]["0"]["32"] >= 0.9 * e["MLP"]["0"]["8"]
+
+
+def test_gpt2_smoke_runs_the_curriculum_and_least_squares_spikes_at_n_equal_d(smoke):
+    result = smoke("icl-gpt2")
+    noisy = result["metrics"]["noisy"]
+    assert len(noisy["model"]) == result["config"]["n_points"]
+    assert noisy["least squares"][10] > 5 * noisy["ridge"][10]
+
+
+def test_gpt2_curriculum_ramps_dims_and_points_then_holds():
+    from simulations.icl.gpt2 import Config, curriculum
+
+    c = Config(steps=100, curriculum_frac=0.5)
+    assert curriculum(0, c) == (5, 11)
+    assert curriculum(50, c) == curriculum(99, c) == (20, 41)
+    with pytest.raises(ValueError, match="curriculum_frac"):
+        Config(curriculum_frac=1.5)

@@ -7,4 +7,5 @@ EXPERIMENTS: dict[str, str] = {
     "icl-ltb": "simulations.icl.ltb",
     "icl-task-count": "simulations.icl.task_count",
     "icl-context-vs-task": "simulations.icl.context_vs_task",
+    "icl-gpt2": "simulations.icl.gpt2",
 }

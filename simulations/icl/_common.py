@@ -55,15 +55,17 @@ def train(
     warmup_frac: float = 0.05,
     grad_clip: float = 1.0,
     amp: bool = False,
-    sample: Callable[[TaskSampler, int, torch.Generator], Any] | None = None,
+    sample: Callable[[TaskSampler, int, torch.Generator, int], Any] | None = None,
     points: int = 25,
+    compile: bool = False,
 ) -> list[dict[str, float]]:
     """Train `model` with AdamW (warmup + cosine) on fresh prompts from `task` every step; returns the loss curve
     ([{"step", "loss"}], about `points` records). amp=False keeps linear models in fp32: their claims compare
-    errors to closed forms within a few percent, below bf16's resolution."""
+    errors to closed forms within a few percent, below bf16's resolution. `sample(sampler, batch_size, generator,
+    step)` replaces plain sampling (e.g. for a curriculum)."""
     sampler = TaskSampler(task, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    draw = sample or (lambda s, b, g: s.sample(b, generator=g))
+    draw = sample or (lambda s, b, g, step: s.sample(b, generator=g))
     cfg = TrainConfig(
         steps=steps,
         lr=lr,
@@ -75,8 +77,9 @@ def train(
         amp=amp,
         log_every=max(steps // points, 1),
         progress=False,
+        compile=compile,
     )
-    trainer = Trainer(model, lambda step: draw(sampler, batch_size, gen), loss_fn, cfg)
+    trainer = Trainer(model, lambda step: draw(sampler, batch_size, gen, step), loss_fn, cfg)
     trainer.fit()
     return [{"step": r["step"], "loss": r["loss"]} for r in trainer.history if "loss" in r]
 
