@@ -61,6 +61,12 @@ class FFEInstance:
     def n_items(self) -> int:
         return int(sum(x.size for x in self.items))
 
+    def client_items(self, t: int) -> list[np.ndarray]:
+        """Round t's items split per client: entry c holds client c's int64 items."""
+        order = np.argsort(self.clients[t], kind="stable")
+        bounds = np.searchsorted(self.clients[t][order], np.arange(1, self.clients_per_round))
+        return np.split(self.items[t][order], bounds)
+
     def round_counts(self, t: int) -> np.ndarray:
         """c_t: the int64 count vector of round t."""
         return np.bincount(self.items[t], minlength=self.domain)

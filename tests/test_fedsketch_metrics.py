@@ -51,6 +51,9 @@ def test_instances_are_seeded_in_range_and_shaped_per_client():
         assert np.array_equal(x, y)
         assert np.array_equal(cl, np.repeat(np.arange(50), 4))
     assert not np.array_equal(a.items[0], c.items[0])
+    per = a.client_items(1)
+    assert len(per) == 50 and all(x.shape == (4,) for x in per)
+    assert np.array_equal(np.concatenate(per), a.items[1])
     assert a.counts.sum() == 600 and np.array_equal(a.counts, sum(a.round_counts(t) for t in range(3)))
 
 
