@@ -16,7 +16,8 @@ Two predictors (`predictor`):
   ||tail_{W/C}||_2 / sqrt(W) per round (C = `tail_constant`), sqrt(2 ln d) the Gaussian maximum over d items,
   tau_t^2(k) = (n_t/N1)^2 (T1^2(k) - m1(k))_+ + (n_t/N1) m1(k) (the multinomial part of the tail scales like n_t).
   It ignores median failures (an item colliding with heavy items in most of the R rows), which dominate the l_inf
-  error at small R on near-sparse and steep-Zipf instances: measured error / this prediction reached ~30 (Zipf(1.5)) and ~100 (near-sparse) at R = 5.
+  error at small R on near-sparse and steep-Zipf instances: measured error / this prediction reached ~30
+  (Zipf(1.5)) and ~100 (near-sparse) at R = 5.
 - "simulate" (default): draw `simulations` copies of every round from the denoised phase-1 law (detected items
   keep their estimates, the remaining mass is spread evenly), run the exact sketch pipeline at the candidate width
   and take the largest l_inf error. Same simulated rounds and hashes for every width; widths on a 2^(1/8) grid.
