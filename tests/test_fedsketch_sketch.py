@@ -167,3 +167,13 @@ def test_empty_inputs_give_zero_tables():
     cs = CountSketch(3, 16, seed=0)
     assert not cs.encode(np.array([], dtype=np.int64)).any()
     assert cs.encode_clients(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 4).shape == (4, 3, 16)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7, 8, 15, 16])
+def test_row_median_is_bit_identical_to_numpy_median(depth):
+    from fedsketch.sketch import combine_rows
+
+    rng = np.random.default_rng(depth)
+    for rows in (rng.integers(-4, 4, (depth, 500)).astype(np.float64), rng.normal(size=(depth, 500)) * 1e6):
+        assert np.array_equal(combine_rows(rows, "median"), np.median(rows, axis=0))
+        assert np.allclose(combine_rows(rows, "mean"), rows.mean(axis=0))
