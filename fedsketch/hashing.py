@@ -16,8 +16,10 @@ separate linear bucket hash plus a cubic sign polynomial would take. In our mult
 d=20,000, W=256, R=5, 30-40 seeds) its l_inf error matched fully random hashes and a linear bucket hash within noise.
 
 Coefficients come from BLAKE2b of (seed, tag, row, index), so the same seed gives the same hashes on every machine
-and every numpy version. Products a*x mod p are computed exactly in uint64 by splitting both factors into a 29-bit
-high and a 32-bit low limb and folding 2^61 = 1 (mod p): no 128-bit integers and no Python loop over ids.
+and every numpy version. Products a*x mod p are computed exactly in uint64 by splitting both factors into 32-bit
+limbs and folding 2^61 = 1 (mod p), with values kept only partly reduced until the end of each polynomial and a
+two-product path when all ids are below 2^32: no 128-bit integers, no Python loop over ids (ids are processed in
+cache-sized blocks, all R rows at once).
 """
 
 from __future__ import annotations
