@@ -36,13 +36,10 @@ _LO29 = np.uint64((1 << 29) - 1)
 _U3, _U29, _U32, _U61 = np.uint64(3), np.uint64(29), np.uint64(32), np.uint64(61)
 
 
-def _coefficient(seed: int, sign_seed: int | None, row: int, name: str, nonzero: bool = False) -> int:
-    """A reproducible field element in [0, p) (or [1, p)) from BLAKE2b of its identifying tuple."""
-    key = f"fedsketch/v1/{seed}/{sign_seed}/{row}/{name}".encode()
-    value = int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "little")
-    if nonzero:
-        return 1 + value % (MERSENNE_P - 1)
-    return value % MERSENNE_P
+def _coefficient(seed: int, tag: str | None, row: int, name: str) -> int:
+    """A reproducible field element in [0, p) from BLAKE2b of its identifying tuple."""
+    key = f"fedsketch/v1/{seed}/{tag}/{row}/{name}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "little") % MERSENNE_P
 
 
 # Arithmetic mod p is "lazy": intermediate values are only folded, (s & p) + (s >> 61) < 2^61 + 8, and made
