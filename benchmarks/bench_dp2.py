@@ -4,7 +4,7 @@ Two models: a 2-layer MLP over 10k features and a small nn.TransformerEncoder cl
 one full step (zero_grad, forward, loss, backward, optimizer step) and report the median of ``--reps`` runs
 (interleaved across methods, after warm-up), the ratio to the non-private step on the same model measured in
 the same process (the floor), and peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per method; on CPU
-the peak resident-set growth of a fresh subprocess that runs the same steps (torch's CPU allocator is not seen
+the peak resident-set growth (VmHWM after a reset) of a fresh subprocess that runs the same steps (torch's CPU allocator is not seen
 by tracemalloc). DP² is timed in both phases: A (DP-SGD with G accumulation) and B (per-sample
 preconditioning with clip C2), the slower of which is compared with DP-Adam (goal: <= 1.10x).
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -163,24 +162,27 @@ def _time_all(model_name: str, device: str, reps: int, warmup: int) -> dict[str,
     return results
 
 
-def _rss_kb() -> int:
+def _status_kb(key: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
 
 def _memory_child(model_name: str, label: str, device: str) -> None:
-    """Subprocess body: build, run 3 steps, print the peak resident growth (MiB) over the steps."""
+    """Subprocess body: build model, data and optimizer, reset the resident high-water mark, run 3 steps and
+    print the peak resident growth over the built state (MiB): gradients, optimizer state, per-sample
+    gradients and temporaries, i.e. what training needs beyond the model and the batch."""
     torch.set_num_threads(1)
     method, mode = next((m, md) for lab, m, md in METHODS if lab == label)
     fn = _build(model_name, method, mode, device)
-    base = _rss_kb()
+    with open("/proc/self/clear_refs", "w") as fh:  # "5" resets VmHWM (the peak RSS) of this process
+        fh.write("5")
+    base = _status_kb("VmRSS")
     for _ in range(3):
         fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": max(0, peak - base) / 1024}))
+    print(json.dumps({"peak_mib": max(0, _status_kb("VmHWM") - base) / 1024}))
 
 
 def _memory(model_name: str, device: str, labels: list[str]) -> dict[str, float]:

@@ -11,7 +11,9 @@ group-privacy lemma (k·ε, k·e^{(k-1)ε}·δ) used for the user-level figure:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,14 +69,31 @@ def dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_e
     return dp_event.SelfComposedDpEvent(step, steps)
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """dp_accounting logs (via absl) each fractional RDP order whose series it cannot converge and then drops
+    that order; dropping only removes a candidate from the minimum over orders (a larger, safe ε), so the
+    per-call warning is noise for a report."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _composed(event: dp_event.DpEvent, accountant: str) -> dp_accounting.PrivacyAccountant:
     acc = _accountant(accountant)
-    acc.compose(event)
+    with _quiet_absl():
+        acc.compose(event)
     return acc
 
 
 def _epsilon_of(event: dp_event.DpEvent, delta: float, accountant: str) -> float:
-    return float(_composed(event, accountant).get_epsilon(delta))
+    acc = _composed(event, accountant)
+    with _quiet_absl():
+        return float(acc.get_epsilon(delta))
 
 
 @functools.lru_cache(maxsize=8)
@@ -220,14 +239,15 @@ def calibrate_noise(
     _validate(1.0, sample_rate, steps, delta)
     _accountant(accountant)
     def calibrate(name: str, bracket: dp_accounting.BracketInterval) -> float:
-        return dp_accounting.calibrate_dp_mechanism(
-            make_fresh_accountant=lambda: _accountant(name),
-            make_event_from_param=lambda s: dpsgd_event(s, sample_rate, steps),
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            bracket_interval=bracket,
-            tol=1e-4 if name == "rdp" else 2e-3,
-        )
+        with _quiet_absl():
+            return dp_accounting.calibrate_dp_mechanism(
+                make_fresh_accountant=lambda: _accountant(name),
+                make_event_from_param=lambda s: dpsgd_event(s, sample_rate, steps),
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                bracket_interval=bracket,
+                tol=1e-4 if name == "rdp" else 2e-3,
+            )
 
     # RDP is cheap at any σ; PLD at tiny σ builds huge distributions, so bracket PLD's σ just below RDP's
     # (PLD is the tighter accountant, so its σ is smaller, by a few percent in practice).

@@ -121,6 +121,8 @@ class DP2RMSprop(DPOptimizer):
     count k and α1 live in each param group ("dp2_step", "dp2_count", "dp2_lr1"), so Opacus' ``state_dict``
     delegation to the wrapped optimizer checkpoints all DP² state. Skipped (virtual) steps of Opacus'
     ``BatchMemoryManager`` only accumulate clipped gradients and never advance the phase.
+    The optimizer sets each group's ``lr`` to α1 or α2 before every step; to schedule α1, change the
+    group's "dp2_lr1" (a scheduler that writes ``lr`` would be overridden).
     """
 
     _METHOD = "rmsprop"
