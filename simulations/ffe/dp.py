@@ -24,7 +24,14 @@ from tqdm import tqdm
 from fedsketch.hybrid import multiround_estimate
 from fedsketch.metrics import linf_error
 from fedsketch.privacy import SkellamNoise, sketch_sensitivity
-from simulations.ffe._common import check_range, encode_rounds, hash_seeds, summarize, synthetic_round_counts
+from simulations.ffe._common import (
+    check_int,
+    check_range,
+    encode_rounds,
+    hash_seeds,
+    summarize,
+    synthetic_round_counts,
+)
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -47,14 +54,14 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range("d", self.d, 16, 10**7)
-        check_range("depth", self.depth, 1, 64)
-        check_range("width", self.width, 2, 1 << 24)
-        check_range("rounds", self.rounds, 1, 10_000)
-        check_range("clients_per_round", self.clients_per_round, 1, 10**8)
+        check_int("d", self.d, 16, 10**7)
+        check_int("depth", self.depth, 1, 64)
+        check_int("width", self.width, 2, 1 << 24)
+        check_int("rounds", self.rounds, 1, 10_000)
+        check_int("clients_per_round", self.clients_per_round, 1, 10**8)
         check_range("zipf_s", self.zipf_s, 0.0, 10.0)
-        check_range("seeds", self.seeds, 1, 10_000)
-        check_range("seed", self.seed, 0, 2**32 - 1)
+        check_int("seeds", self.seeds, 1, 10_000)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilons or any(not 0.0 < e <= 100.0 for e in self.epsilons):

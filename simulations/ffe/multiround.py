@@ -25,6 +25,7 @@ from fedsketch.metrics import l2_error, linf_error
 from simulations.ffe._common import (
     ESTIMATORS,
     INSTANCE_KINDS,
+    check_int,
     check_range,
     estimate_all,
     loglog_slope,
@@ -55,14 +56,14 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range("d", self.d, 16, 10**7)
-        check_range("depth", self.depth, 1, 64)
-        check_range("width", self.width, 2, 1 << 24)
-        check_range("shakespeare_width", self.shakespeare_width, 2, 1 << 24)
-        check_range("items_per_round", self.items_per_round, 1, 10**8)
+        check_int("d", self.d, 16, 10**7)
+        check_int("depth", self.depth, 1, 64)
+        check_int("width", self.width, 2, 1 << 24)
+        check_int("shakespeare_width", self.shakespeare_width, 2, 1 << 24)
+        check_int("items_per_round", self.items_per_round, 1, 10**8)
         check_range("zipf_s", self.zipf_s, 0.0, 10.0)
-        check_range("seeds", self.seeds, 1, 10_000)
-        check_range("seed", self.seed, 0, 2**32 - 1)
+        check_int("seeds", self.seeds, 1, 10_000)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if not self.rounds or any(not isinstance(m, int) or not 1 <= m <= 299 for m in self.rounds):
             raise ValueError(f"rounds must be a non-empty tuple of ints in [1, 299], got {self.rounds!r}")
         if list(self.rounds) != sorted(set(self.rounds)):

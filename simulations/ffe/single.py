@@ -27,6 +27,7 @@ from tqdm import tqdm
 from fedsketch.metrics import linf_error, tail_norm
 from fedsketch.sketch import CountSketch
 from simulations.ffe._common import (
+    check_int,
     check_range,
     hash_seeds,
     shakespeare_round_counts,
@@ -56,14 +57,14 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range("d", self.d, 16, 10**7)
-        check_range("n_items", self.n_items, 1, 10**9)
+        check_int("d", self.d, 16, 10**7)
+        check_int("n_items", self.n_items, 1, 10**9)
         check_range("zipf_s", self.zipf_s, 0.0, 10.0)
         if not self.depths or any(not isinstance(r, int) or not 1 <= r <= 64 for r in self.depths):
             raise ValueError(f"depths must be a non-empty tuple of ints in [1, 64], got {self.depths!r}")
-        check_range("C", self.C, 1, 1024)
-        check_range("seeds", self.seeds, 1, 10_000)
-        check_range("seed", self.seed, 0, 2**32 - 1)
+        check_int("C", self.C, 1, 1024)
+        check_int("seeds", self.seeds, 1, 10_000)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if not self.widths or any(not isinstance(w, int) or not 2 <= w <= 1 << 24 for w in self.widths):
             raise ValueError(f"widths must be a non-empty tuple of ints in [2, 2^24], got {self.widths!r}")
         if min(self.widths) < self.C:
