@@ -248,3 +248,21 @@ class MatrixFactorization:
 
     def evaluate(self) -> dict[str, float]:
         return {"train_mse": self._mse(self.u, self.i, self.r), "test_mse": self._mse(self.ut, self.it, self.rt)}
+
+
+def preconditioner_snr(x: torch.Tensor, y: torch.Tensor, *, clip: float, sigma: float, batch_size: int,
+                       delay: int) -> dict[str, float]:
+    """How well DP²'s averaged phase-A gradient can estimate the coordinate scales, for logistic regression at w = 0.
+
+    Signal: |mean_i clip(g_i, C1)_j| per coordinate j; noise: the std of the privacy noise in the mean of `delay`
+    noisy gradients, σ·C1 / (B·√s). A preconditioner built from noise (SNR ≪ 1) is isotropic on average and DP²'s
+    phase B degenerates to rescaled DP-SGD.
+    """
+    x = torch.as_tensor(x).float()
+    g = (0.5 - torch.as_tensor(y).float())[:, None] * x
+    f = (clip / (g.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    signal = (f[:, None] * g).mean(0).abs()
+    noise = sigma * clip / (batch_size * math.sqrt(delay))
+    q = torch.quantile(signal.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    return {"noise_std": noise, "snr_q10": q[0].item() / noise, "snr_median": q[1].item() / noise,
+            "snr_q90": q[2].item() / noise}

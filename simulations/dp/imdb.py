@@ -143,8 +143,12 @@ def run(config: Config, out_dir: Path) -> dict:
         _CTX.update(cfg=config, data=data, sigma=sigma)
         res = tune_and_evaluate(_job, base, dp2, tune_seed=config.tune_seed, seeds=config.seeds,
                                 select="train_acc", mode="max", workers=config.workers)
+        c1 = res["best"]["dp-sgd"]["clip"]
+        delay = max(1, round(config.dp2_delay_epochs * n / config.batch_size))
         per_eps[str(eps)] = {
             "sigma": sigma,
+            "preconditioner_snr": dt.preconditioner_snr(data.x_train, data.y_train, clip=c1, sigma=sigma,
+                                                        batch_size=config.batch_size, delay=delay),
             "epsilon_spent": dt.epsilon_spent(sigma, config.delta, q, steps),
             "best": res["best"],
             "tuning": res["tuning"],

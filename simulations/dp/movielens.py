@@ -45,8 +45,9 @@ class Config:
     adaptive_lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
     clips: tuple[float, ...] = (0.5, 2.0)
     adaptive_eps: float = 1e-3
-    dp2_lr2s: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
-    dp2_clip2s: tuple[float, ...] = (2.0, 10.0)
+    # a first full run (α2 ≤ 0.3, C2 ≤ 10) put DP²'s best point on the grid's upper corner, so its grid sits higher
+    dp2_lr2s: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
+    dp2_clip2s: tuple[float, ...] = (10.0, 50.0)
     dp2_eps: float = 1e-3
     dp2_delay_epochs: float = 2.0
     data_seed: int = 0
