@@ -143,7 +143,7 @@ def test_loss_fn_may_return_extra_metrics():
         v = _mse(model, batch)
         return v, {"half": v.detach() / 2}
 
-    cfg = TrainConfig(steps=2, log_every=1, progress=False)
+    cfg = TrainConfig(steps=2, log_every=1, progress=True)  # also exercises the tqdm bar
     rec = Trainer(_model(), _batch_of_step, loss, cfg).fit()
     assert rec["half"] == pytest.approx(rec["loss"] / 2)
 
