@@ -34,13 +34,33 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from simulations.flower.server_app import ServerLog, ServerSettings  # noqa: E402
 
+STAGES = ("setup_stage", "share_keys_stage", "collect_masked_vectors_stage", "unmask_stage")
+_STAGE_SECONDS: dict[str, list[float]] = {}
 
-def _settings(n: int, rounds: int, secagg: bool) -> ServerSettings:
+
+def _time_stages() -> None:
+    """Time each SecAgg+ stage (setup, share keys, collect masked vectors, unmask) of our workflow subclass."""
+    from simulations.flower import server_app
+
+    for name in STAGES:
+        orig = getattr(server_app.SecAggPlusWorkflow, name)
+
+        def timed(self, *args, _orig=orig, _name=name):
+            t0 = time.perf_counter()
+            try:
+                return _orig(self, *args)
+            finally:
+                _STAGE_SECONDS.setdefault(_name, []).append(time.perf_counter() - t0)
+
+        setattr(server_app._SkipAwareSecAggPlus, name, timed)
+
+
+def _settings(n: int, rounds: int, secagg: bool, num_shares: int = 0) -> ServerSettings:
     return ServerSettings(n_clients=n, clients_per_round=n, rounds=rounds, depth=5, width=1024, item_cap=100,
-                          dataset="zipf", zipf_items=100, secagg=secagg, timeout=300.0)
+                          dataset="zipf", zipf_items=100, secagg=secagg, num_shares=num_shares, timeout=300.0)
 
 
-def flower_round_seconds(n: int, rounds: int, secagg: bool) -> list[float]:
+def flower_round_seconds(n: int, rounds: int, secagg: bool, num_shares: int = 0) -> list[float]:
     """Per-round wall seconds of one Flower simulation (Ray start-up excluded)."""
     import ray
     from flwr.simulation import run_simulation
@@ -48,7 +68,7 @@ def flower_round_seconds(n: int, rounds: int, secagg: bool) -> list[float]:
     from simulations.flower.client_app import app as client_app
     from simulations.flower.server_app import make_server_app
 
-    settings = _settings(n, rounds, secagg)
+    settings = _settings(n, rounds, secagg, num_shares)
     server_log = ServerLog()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
@@ -94,19 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--inprocess-clients", type=int, default=10_000)
     p.add_argument("--inprocess-rounds", type=int, default=3)
+    p.add_argument("--num-shares", type=int, default=0, help="SecAgg+ neighbours (0: ~2 log2(n) + 1, odd)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    _time_stages()
     if args.rounds < 3:
         p.error("--rounds must be >= 3 (median over rounds)")
     out: dict = {"flower": [], "inprocess": None}
     print(f"{'clients':>7} {'plain s/round':>14} {'secagg+ s/round':>16} {'ratio':>6}")
     for n in args.clients:
+        from simulations.flower.exact_sum import secagg_shares
+
+        shares = args.num_shares or secagg_shares(n)
         plain = flower_round_seconds(n, args.rounds, secagg=False)
-        sec = flower_round_seconds(n, args.rounds, secagg=True)
+        _STAGE_SECONDS.clear()
+        sec = flower_round_seconds(n, args.rounds, secagg=True, num_shares=args.num_shares)
         mp, ms = statistics.median(plain), statistics.median(sec)
-        out["flower"].append({"clients": n, "rounds": args.rounds, "plain_median_s": mp, "secagg_median_s": ms,
-                              "ratio": ms / mp, "plain_s": plain, "secagg_s": sec})
-        print(f"{n:>7} {mp:>14.3f} {ms:>16.3f} {ms / mp:>6.2f}")
+        stages = {k: statistics.median(v) for k, v in _STAGE_SECONDS.items()}
+        out["flower"].append({"clients": n, "rounds": args.rounds, "num_shares": shares, "plain_median_s": mp,
+                              "secagg_median_s": ms, "ratio": ms / mp, "plain_s": plain, "secagg_s": sec,
+                              "secagg_stage_median_s": stages})
+        print(f"{n:>7} {mp:>14.3f} {ms:>16.3f} {ms / mp:>6.2f}   (num_shares {shares}; stages "
+              + ", ".join(f"{k.removesuffix('_stage')} {v:.2f} s" for k, v in stages.items()) + ")")
     if args.inprocess_clients:
         r = inprocess(args.inprocess_clients, args.inprocess_rounds)
         out["inprocess"] = r
