@@ -57,3 +57,27 @@ def test_gpt2_curriculum_ramps_dims_and_points_then_holds():
     assert curriculum(50, c) == curriculum(99, c) == (20, 41)
     with pytest.raises(ValueError, match="curriculum_frac"):
         Config(curriculum_frac=1.5)
+
+
+def test_pgd_beats_gd_and_the_unshared_model_blows_up_past_its_depth(smoke):
+    result = smoke("icl-pgd")
+    m = result["metrics"]["mse"]
+    for t in (1, 2, 4):
+        assert m[f"PGD L={t}"] < m[f"GD L={t}"]
+    probe = result["metrics"]["probe"]
+    assert len(probe["looped"]) == len(probe["multilayer"]) == result["config"]["probe_max"]
+
+
+def test_task_diversity_error_rises_with_condition_number(smoke):
+    rel = smoke("icl-task-diversity")["metrics"]["relative_error"]
+    for cls in ("restricted", "unrestricted"):
+        assert all(hi > lo for lo, hi in zip(rel[cls]["1.0"], rel[cls]["100.0"]))
+
+
+def test_layers_to_eps_interpolates_in_log_log_and_extrapolates():
+    from simulations.icl.task_diversity import layers_to
+
+    assert layers_to([0.04, 0.01], [1, 2], 0.05) == 1.0
+    assert abs(layers_to([0.2, 0.05, 0.0125], [1, 2, 4], 0.05) - 2.0) < 1e-9
+    assert abs(layers_to([0.4, 0.2], [1, 2], 0.05) - 8.0) < 1e-9  # error halves per doubling
+    assert layers_to([0.4, 0.5], [1, 2], 0.05) == 1e4  # no progress: capped

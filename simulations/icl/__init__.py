@@ -4,6 +4,7 @@
 EXPERIMENTS: dict[str, str] = {
     "icl-linear-attention": "simulations.icl.linear_attention",
     "icl-pgd": "simulations.icl.pgd",
+    "icl-task-diversity": "simulations.icl.task_diversity",
     "icl-ltb": "simulations.icl.ltb",
     "icl-task-count": "simulations.icl.task_count",
     "icl-context-vs-task": "simulations.icl.context_vs_task",

@@ -11,12 +11,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from models.icl.tasks import Prompts, TaskConfig, TaskSampler
-from models.train import Trainer, TrainConfig
+from models.train import TrainConfig, Trainer
 
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B,N,d], y [B,N]) -> query predictions [B]
 
@@ -30,9 +29,8 @@ def check_device(device: str) -> None:
 
 
 def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (model inits that take no generator)."""
+    """Seed python and torch (model inits that take no generator; all data comes from explicit generators)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 

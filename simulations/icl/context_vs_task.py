@@ -36,11 +36,11 @@ class Config:
     """contexts: n values; task_counts: pool sizes K (0 = ∞, must be last); hidden: MLP width everywhere."""
 
     d: int = 8
-    contexts: tuple[int, ...] = (8, 16, 32, 64)
-    task_counts: tuple[int, ...] = (16, 256, 4096, 0)
+    contexts: tuple[int, ...] = (8, 32, 64)
+    task_counts: tuple[int, ...] = (16, 1024, 0)
     kernel: str = "linear"
     hidden: int = 512
-    steps: int = 4000
+    steps: int = 2000
     batch_size: int = 1024
     lr: float = 1e-3
     eval_prompts: int = 20_000

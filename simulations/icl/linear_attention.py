@@ -32,7 +32,7 @@ class Config:
 
     settings: tuple[tuple[int, int], ...] = ((5, 20), (20, 40))
     param: str = "full"
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 4096
     lr: float = 1e-2
     eval_prompts: int = 100_000
@@ -72,7 +72,7 @@ def run(config: Config, out_dir: Path) -> dict:
 
     fig, axes = new_figure(1, 2)
     curve_png(axes[0, 0], curves, "1-layer linear attention", "train error / d")
-    for (label, pts), row in zip(curves.items(), rows):
+    for row in rows:
         axes[0, 0].axhline(row["optimum"], ls="--", lw=0.8, color="gray")
     labels = [f"d={r['d']},n={r['n']}" for r in rows]
     xs = range(len(rows))

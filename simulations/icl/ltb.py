@@ -40,7 +40,7 @@ class Config:
     n: int = 20
     noise_var: float = 0.1
     prior_means: tuple[float, ...] = (0.0, 3.0)
-    steps: int = 4000
+    steps: int = 2000
     batch_size: int = 4096
     lr: float = 1e-2
     eval_prompts: int = 100_000

@@ -39,7 +39,7 @@ class Config:
     decay: float = 2.0
     task_counts: tuple[int, ...] = (10, 100, 1000, 10_000, 0)
     plateau_at: int = 1000
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 4096
     lr: float = 0.2
     eval_prompts: int = 100_000
