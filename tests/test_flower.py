@@ -241,3 +241,20 @@ def test_apps_load_by_module_attribute_reference():
         ok, err = validate(ref, check_module=True)
         assert ok, err
         assert isinstance(load_app(ref, RuntimeError), cls)
+
+
+def test_deployed_server_report_writes_result_with_privacy(tmp_path):
+    """What the deployment engine's ServerApp does after its rounds (rounds here from the in-process backend)."""
+    from simulations.flower.ffe_flower import calibrate_privacy, report_deployed
+    from simulations.flower.inprocess import run_inprocess
+
+    base = ServerSettings.from_run_config({"n-clients": 40, "clients-per-round": 10, "rounds": 3, "width": 256,
+                                           "dataset": "zipf", "dropout": 0.1})
+    noise_var, privacy = calibrate_privacy(base, 8.0, 1e-5)
+    settings = replace(base, noise_var=noise_var)
+    res = report_deployed(settings, run_inprocess(settings), str(tmp_path), privacy)
+    assert (tmp_path / "result.json").is_file() and list(tmp_path.glob("*.png"))
+    assert abs(res["privacy_report"]["epsilon"] - 8.0) < 1e-3 and res["privacy_report"]["noise_shares"] == 9
+    by_name = {c["name"]: c for c in res["claims"]}
+    assert not by_name["final hybrid / shared-hash l_inf, as released (with DP noise)"]["strict"]
+    assert by_name["secure sum == in-process secure sum (max |diff|)"]["holds"]

@@ -100,23 +100,31 @@ def privacy_plan(config: Config) -> tuple[float, dict]:
     """The Skellam variance calibrated for (epsilon, delta), and the privacy report that goes with it."""
     if not config.dp:
         return 0.0, {"dp": False}
+    return calibrate_privacy(config.settings(noise_var=0.0), config.epsilon, config.delta)
+
+
+def calibrate_privacy(settings: ServerSettings, epsilon: float, delta: float) -> tuple[float, dict]:
+    """Skellam sum variance for (epsilon, delta)-DP per client over the run, and the privacy report.
+
+    Protected unit: one client's capped items; add/remove one client; rounds compose in parallel when cohorts are
+    disjoint, sequentially otherwise (`fedsketch.privacy`). The noise is split into `settings.share_clients` shares.
+    """
     from fedsketch.privacy import SkellamNoise, sketch_sensitivity
 
-    base = config.settings(noise_var=0.0)
-    n_min = base.share_clients
-    composition = "disjoint" if base.planner.disjoint else "repeated"
-    sens = sketch_sensitivity(config.depth, config.item_cap)
-    dim = config.depth * config.width
-    noise = SkellamNoise.calibrate(config.epsilon, config.delta, sens, num_clients=n_min, rounds=config.rounds,
+    n_min = settings.share_clients
+    composition = "disjoint" if settings.planner.disjoint else "repeated"
+    sens = sketch_sensitivity(settings.depth, settings.item_cap)
+    dim = settings.depth * settings.width
+    noise = SkellamNoise.calibrate(epsilon, delta, sens, num_clients=n_min, rounds=settings.rounds,
                                    composition=composition, dim=dim)
-    eps = noise.epsilon(config.delta, sens, rounds=config.rounds, composition=composition, dim=dim)
+    eps = noise.epsilon(delta, sens, rounds=settings.rounds, composition=composition, dim=dim)
     return noise.variance, {
         "dp": True, "mechanism": "distributed Skellam (Agarwal, Kairouz, Liu 2021)", "accountant": "RDP -> dp_accounting",
         "unit_of_privacy": "one client (speaking role): all its items in a round, capped",
-        "neighbouring_relation": "add/remove one client", "item_cap": config.item_cap,
+        "neighbouring_relation": "add/remove one client", "item_cap": settings.item_cap,
         "sensitivity_l1": sens.l1, "sensitivity_l2": sens.l2, "sum_variance_per_entry": noise.variance,
         "noise_shares": n_min, "share_variance_per_entry": noise.variance / n_min,
-        "composition": composition, "rounds": config.rounds, "epsilon": eps, "delta": config.delta,
+        "composition": composition, "rounds": settings.rounds, "epsilon": eps, "delta": delta,
         "trust_model": "honest-but-curious server sees only SecAgg+ sums; noise added by clients",
         "note": "calibrated for the fewest planned survivors; a round with fewer survivors carries less noise",
     }
@@ -256,9 +264,11 @@ def _print_report(metrics: dict, privacy: dict, plot: Path) -> None:
     if privacy.get("dp"):
         print(f"sketching error alone (oracle: same rounds without the noise shares): hybrid "
               f"{metrics['hybrid_linf_noise_free']:.1f} vs shared-hash {metrics['shared_linf_noise_free']:.1f}")
-    if privacy.get("dp"):
+    if privacy.get("dp") and "epsilon" in privacy:
         print(f"privacy: ({privacy['epsilon']:.3g}, {privacy['delta']:g})-DP per client, {privacy['mechanism']}, "
               f"{privacy['composition']} cohorts, item cap {privacy['item_cap']}")
+    elif privacy.get("dp"):
+        print("privacy: noise added (noise_var set directly), epsilon not computed")
     else:
         print("privacy: no DP noise (dp=false)")
     print(f"plot: {plot}")
@@ -316,7 +326,7 @@ def claims(result: dict) -> list[Claim]:
     (hybrid below shared-hash in 5 of 12 seeds at the demo defaults; noise-free: 11 of 12, ratio 0.30 at seed 0).
     """
     m = result["metrics"]
-    dp = bool(result["config"].get("dp", False)) and m.get("privacy", {}).get("dp", False)
+    dp = bool(m.get("privacy", {}).get("dp", False))
     sketch_ratio = m["hybrid_linf_noise_free"] / max(m["shared_linf_noise_free"], 1e-12)
     ratio = m["hybrid_linf"] / max(m["shared_linf"], 1e-12)
     diff = m["sum_max_abs_diff_vs_inprocess"]
@@ -332,16 +342,16 @@ def claims(result: dict) -> list[Claim]:
     ]
 
 
-def report_deployed(settings: ServerSettings, server_log: ServerLog, out_dir: str) -> dict:
+def report_deployed(settings: ServerSettings, server_log: ServerLog, out_dir: str, privacy: dict) -> dict:
     """For the deployment engine's ServerApp: evaluate and write result.json + plot under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(settings, server_log, compare_inprocess=True)
+    metrics["privacy"] = privacy
     plot = _plot(metrics, out, None)
     save_rounds(server_log, out)
-    _print_report(metrics, {"dp": settings.noise_var > 0, "epsilon": float("nan"), "delta": float("nan"),
-                            "mechanism": "Skellam", "composition": "-", "item_cap": settings.item_cap}, plot)
-    return finalize(out, NAME, settings, metrics, claims, seed=settings.seed)
+    _print_report(metrics, privacy, plot)
+    return finalize(out, NAME, settings, metrics, claims, seed=settings.seed, extra={"privacy_report": privacy})
 
 
 register(NAME, Config, run, claims, description=__doc__)

@@ -310,11 +310,21 @@ app = ServerApp()
 
 @app.main()
 def _deployed_main(grid: Grid, context: Context) -> None:
-    """Settings from the run config; writes the experiment's result.json and plot under `out-dir` (default runs/)."""
+    """Settings from the run config; writes the experiment's result.json and plot under `out-dir` (default runs/).
+
+    Besides the `ServerSettings` keys, the run config may hold `out-dir`, and `epsilon` (> 0 turns on Skellam DP,
+    calibrated here for (epsilon, delta) unless `noise-var` is given) with `delta` (default 1e-5).
+    """
+    from simulations.flower.ffe_flower import calibrate_privacy, report_deployed
+
     run_config = dict(context.run_config)
     out_dir = str(run_config.pop("out-dir", "runs/ffe-flower-deployed"))
+    epsilon = float(run_config.pop("epsilon", 0.0))
+    delta = float(run_config.pop("delta", 1e-5))
     settings = replace(ServerSettings.from_run_config(run_config), progress=True)
+    privacy: dict = {"dp": settings.noise_var > 0}
+    if epsilon > 0 and settings.noise_var == 0:
+        noise_var, privacy = calibrate_privacy(settings, epsilon, delta)
+        settings = replace(settings, noise_var=noise_var)
     server_log = run_server(grid, context, settings, ServerLog())
-    from simulations.flower.ffe_flower import report_deployed
-
-    report_deployed(settings, server_log, out_dir)
+    report_deployed(settings, server_log, out_dir, privacy)
