@@ -31,7 +31,8 @@ _METHODS = ("dp-sgd", "dp-rmsprop", "dp-adam", "dp2-rmsprop", "dp2-delayed")
 
 @dataclass(frozen=True)
 class Config:
-    """Full size: dim 100, movies with ≥ 50 ratings (≈ 26k train ratings), 20 epochs at B = 256, ε = 4.3."""
+    """Full size: dim 100, movies with ≥ 50 ratings (33,088 train ratings), 20 epochs at B = 256, ε = 4.3 (≈ 2 min on
+    an H100 with device=cuda)."""
 
     dim: int = 100
     min_item_ratings: int = 50
