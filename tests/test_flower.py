@@ -71,6 +71,7 @@ def test_secagg_sum_equals_plain_sum_exactly_with_and_without_a_dropout(flower_r
 def test_round_below_reconstruction_threshold_is_skipped_and_the_run_goes_on(flower_run):
     result, rounds, sums = flower_run
     assert rounds[2]["survived"] == 0 and "round_3" not in sums
+    assert [r["failures"] for r in rounds] == [0, 1, 3]
     assert "below the SecAgg+ reconstruction threshold" in rounds[2]["skipped"]
     assert result["metrics"]["rounds_completed"] == 2
 

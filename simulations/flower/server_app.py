@@ -180,10 +180,10 @@ class SketchSumStrategy(FedAvg):
     def aggregate_fit(self, server_round, results, failures):
         """Record the exact sum. Under SecAgg+ every FitRes holds the same aggregate mean; plain: the raw tables."""
         rec = self._pending.pop(server_round)
-        rec.failures = len(failures)
         arrays = [parameters_to_ndarrays(res.parameters)[0] for _, res in results]
         rec.received_digests = [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in arrays]
         rec.survivors = sorted(int(res.metrics["partition-id"]) for _, res in results)
+        rec.failures = rec.sampled - rec.survived  # (flwr 1.41's SecAgg+ lists a stage-2 failure twice in `failures`)
         if not results:
             rec.skipped = "no client survived"
         elif self.settings.secagg:
@@ -196,11 +196,12 @@ class SketchSumStrategy(FedAvg):
     def configure_evaluate(self, server_round, parameters, client_manager):
         return []
 
-    def skip(self, server_round: int, reason: str) -> None:
-        """Record a round that produced no sum."""
+    def skip(self, server_round: int, reason: str, failures: int | None = None) -> None:
+        """Record a round that produced no sum (`failures`: sampled clients known to have failed)."""
         rec = self._pending.pop(server_round, None)
         if rec is not None:
             rec.skipped = reason
+            rec.failures = rec.sampled if failures is None else failures
             self.log.records.append(rec)
 
 
@@ -232,12 +233,14 @@ def _round_runner(settings: ServerSettings, strategy: SketchSumStrategy, on_roun
         inner(grid, context)
         if t in strategy._pending:  # the workflow halted before aggregate_fit
             st = getattr(inner, "last_state", None)
+            failures = None
             if st is not None and getattr(st, "sampled_node_ids", None):
+                failures = len(st.sampled_node_ids) - len(st.active_node_ids)
                 reason = (f"round {t} skipped: {len(st.active_node_ids)} of {len(st.sampled_node_ids)} sampled clients "
                           f"survived, below the SecAgg+ reconstruction threshold {st.threshold}")
             else:
                 reason = f"round {t} skipped: the aggregation halted"
-            strategy.skip(t, reason)
+            strategy.skip(t, reason, failures)
             log.warning(reason)
         rec = strategy.log.records[-1]
         rec.seconds = time.perf_counter() - t0
