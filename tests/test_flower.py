@@ -259,3 +259,39 @@ def test_deployed_server_report_writes_result_with_privacy(tmp_path):
     by_name = {c["name"]: c for c in res["claims"]}
     assert not by_name["final hybrid / shared-hash l_inf, as released (with DP noise)"]["strict"]
     assert by_name["secure sum == in-process secure sum (max |diff|)"]["holds"]
+
+
+def test_two_phase_sizing_rebroadcasts_the_chosen_width(tmp_path):
+    """In-process run, then the Flower strategy's own re-broadcast after phase 1 (no Ray: a stand-in client manager)."""
+    from flwr.common import ndarrays_to_parameters
+
+    from simulations import registry
+    from simulations.flower.evaluate import oracle_round_sum
+    from simulations.flower.rounds import RoundRecord
+    from simulations.flower.server_app import ServerLog, SketchSumStrategy
+
+    res = registry.run("ffe-flower", overrides={"backend": "inprocess", "dp": "false", "target_error": "0.005",
+                                                "rounds": "3"}, out_dir=tmp_path)
+    m = res["metrics"]
+    w2 = m["two_phase"]["width"]
+    assert [r["width"] for r in m["rounds"]] == [256, w2, w2] and 16 <= w2 <= 1024
+    assert m["sum_max_abs_diff_vs_plain"] == 0 and m["pooled_linf"] is None
+
+    settings = ServerSettings(rounds=3, target_error=0.005, dropout=0.1)  # = the Config defaults above
+    log = ServerLog(partitions={p: p for p in range(settings.n_clients)})
+    strategy = SketchSumStrategy(settings, log)
+
+    class _Clients:
+        def all(self):
+            return {str(p): f"proxy-{p}" for p in range(settings.n_clients)}
+
+    params = ndarrays_to_parameters([np.zeros(1)])
+    first = strategy.configure_fit(1, params, _Clients())
+    assert {ins.config["width"] for _, ins in first} == {256}
+    rec = strategy._pending.pop(1)
+    rec.survivors = sorted(set(settings.planner.cohort(1).tolist()) - set(settings.planner.dropped(1).tolist()))
+    rec.total = oracle_round_sum(rec, settings)
+    log.records.append(RoundRecord(**{**rec.__dict__}))
+    second = strategy.configure_fit(2, params, _Clients())
+    assert {ins.config["width"] for _, ins in second} == {w2}
+    assert log.sizing["width"] == w2 and strategy.settings.phase2_width == w2

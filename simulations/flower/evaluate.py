@@ -17,16 +17,25 @@ from simulations.flower.server_app import ServerSettings
 from simulations.flower.task import DataSpec, capped_items, cohort_tables
 
 
-def decode_rounds(records: list[RoundRecord], settings: ServerSettings, method: str = "hybrid") -> np.ndarray:
-    """Count estimates for all d items from the completed rounds' sums (`fedsketch.multiround_estimate`)."""
-    from fedsketch import multiround_estimate
+def decode_rounds(records: list[RoundRecord], settings: ServerSettings, method: str = "hybrid") -> np.ndarray | None:
+    """Count estimates for all d items from the completed rounds' sums (`fedsketch.multiround_estimate`).
+
+    Rounds of different widths (two-phase sizing) are decoded as the hybrid sum of the per-round median estimates;
+    the other methods need one width and give None then.
+    """
+    from fedsketch import CountSketch, multiround_estimate
 
     done = [r for r in records if r.total is not None]
     d = _domain(settings)
     if not done:
         return np.zeros(d)
+    widths = {r.width for r in done}
+    if len(widths) > 1:
+        if method != "hybrid":
+            return None
+        return sum(CountSketch(settings.depth, r.width, r.seed, domain=d).decode(r.total) for r in done)
     return multiround_estimate(
-        [r.total for r in done], [r.seed for r in done], depth=settings.depth, width=settings.width,
+        [r.total for r in done], [r.seed for r in done], depth=settings.depth, width=widths.pop(),
         method=method, domain=d,
     )
 
@@ -48,11 +57,13 @@ def oracle_truth(records: list[RoundRecord], settings: ServerSettings) -> np.nda
 
 
 def oracle_round_sum(record: RoundRecord, settings: ServerSettings, seed: int | None = None,
-                     noise: bool = True) -> np.ndarray:
-    """ORACLE: the plain numpy sum of the survivors' tables of a round (optionally under another hash seed)."""
+                     noise: bool = True, width: int | None = None) -> np.ndarray:
+    """ORACLE: the plain numpy sum of the survivors' tables of a round (optionally under another seed or width)."""
     spec = settings.round_spec(record.round)
     if seed is not None:
         spec = replace(spec, seed=seed)
+    if width is not None:
+        spec = replace(spec, width=width)
     return cohort_tables(spec, np.asarray(record.survivors), noise=noise).sum(axis=0)
 
 
@@ -69,12 +80,13 @@ def oracle_inprocess_sum(record: RoundRecord, settings: ServerSettings) -> np.nd
 
 def shared_hash_records(records: list[RoundRecord], settings: ServerSettings, noise: bool = True) -> list[RoundRecord]:
     """ORACLE: the rounds as the shared-hash adaptation would have produced them (every round hashed with the first
-    completed round's seed; same survivors, same noise shares, or none with `noise=False`)."""
+    completed round's seed and the last one's width; same survivors, same noise shares, or none with `noise=False`)."""
     done = [r for r in records if r.total is not None]
     if not done:
         return []
-    seed0 = done[0].seed
-    return [replace(r, seed=seed0, total=oracle_round_sum(r, settings, seed=seed0, noise=noise)) for r in done]
+    seed0, w = done[0].seed, done[-1].width
+    return [replace(r, seed=seed0, width=w, total=oracle_round_sum(r, settings, seed=seed0, noise=noise, width=w))
+            for r in done]
 
 
 def noise_free_records(records: list[RoundRecord], settings: ServerSettings) -> list[RoundRecord]:
@@ -82,11 +94,11 @@ def noise_free_records(records: list[RoundRecord], settings: ServerSettings) -> 
     return [r if r.total is None else replace(r, total=oracle_round_sum(r, settings, noise=False)) for r in records]
 
 
-def linf(estimate: np.ndarray, truth: np.ndarray) -> float:
-    """l_inf count error (`fedsketch.linf_error`)."""
+def linf(estimate: np.ndarray | None, truth: np.ndarray) -> float | None:
+    """l_inf count error (`fedsketch.linf_error`); None for a method that could not decode."""
     from fedsketch import linf_error
 
-    return float(linf_error(estimate, truth))
+    return None if estimate is None else float(linf_error(estimate, truth))
 
 
 def running_errors(records: list[RoundRecord], shared: list[RoundRecord], settings: ServerSettings) -> list[dict]:

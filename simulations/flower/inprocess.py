@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from simulations.flower.exact_sum import secagg_shares
 from simulations.flower.rounds import RoundRecord
 from simulations.flower.server_app import ServerLog, ServerSettings
 from simulations.flower.task import check_table, cohort_tables
+from simulations.flower.two_phase import choose_phase2_width
 
 
 def reconstruction_count(settings: ServerSettings) -> int:
@@ -42,6 +44,9 @@ def run_inprocess(
     )
     server_log = ServerLog(partitions={p: p for p in range(settings.n_clients)})
     for t in range(1, settings.rounds + 1):
+        if settings.two_phase and t == settings.phase1_rounds + 1:
+            width, server_log.sizing = choose_phase2_width(settings, server_log.records)
+            settings = replace(settings, phase2_width=width)
         t0 = time.perf_counter()
         cohort, told = plan.cohort(t), set(plan.dropped(t).tolist())
         spec = settings.round_spec(t)
@@ -53,7 +58,7 @@ def run_inprocess(
                     check_table(tables[i], spec)  # client-side validation: a bad table is a failed client
                 except ValueError:
                     failed.append(i)
-        rec = RoundRecord(round=t, seed=spec.seed, width=settings.width, sampled=len(cohort), told_to_drop=len(told))
+        rec = RoundRecord(round=t, seed=spec.seed, width=spec.width, sampled=len(cohort), told_to_drop=len(told))
         alive = np.setdiff1d(np.arange(len(cohort)), failed)
         rec.failures = len(failed)
         try:
@@ -61,10 +66,11 @@ def run_inprocess(
         except SecureSumAborted as err:
             rec.skipped = f"round {t} skipped: {err}"
         else:
-            rec.total = result.total.reshape(settings.depth, settings.width)
+            rec.total = result.total.reshape(settings.depth, spec.width)
             rec.survivors = cohort[alive].tolist()
         rec.seconds = time.perf_counter() - t0
         server_log.records.append(rec)
         if on_round is not None:
             on_round(rec)
+    server_log.settings = settings
     return server_log

@@ -66,6 +66,12 @@ class ServerSettings:
     zipf_items: int = 100
     seed: int = 0
     progress: bool = False
+    target_error: float = 0.0
+    """Two-phase sizing (`fedsketch.TwoPhaseSizer`): the l_inf target on the frequency scale; 0 = off (fixed width)."""
+    phase1_rounds: int = 1
+    phase1_width: int = 256
+    phase2_width: int = 0
+    """Set by the server after phase 1 (0 = not chosen yet)."""
 
     def __post_init__(self) -> None:
         DataSpec(self.dataset, self.zipf_s, self.zipf_d, self.zipf_items, self.seed)  # validates the data fields
@@ -80,6 +86,12 @@ class ServerSettings:
             raise ValueError(f"item_cap must be >= 1, got {self.item_cap}")
         if self.noise_var < 0:
             raise ValueError(f"noise_var must be >= 0, got {self.noise_var}")
+        if not 0.0 <= self.target_error < 1.0:
+            raise ValueError(f"target_error must be in [0, 1) (frequency scale; 0 = fixed width), got {self.target_error}")
+        if self.target_error > 0 and not 1 <= self.phase1_rounds < self.rounds:
+            raise ValueError(f"phase1_rounds must be in [1, rounds - 1] for two-phase sizing, got {self.phase1_rounds}")
+        if self.phase1_width < 1 or self.phase2_width < 0:
+            raise ValueError(f"phase1_width must be >= 1 and phase2_width >= 0, got {self.phase1_width}, {self.phase2_width}")
         if not 0 <= self.noise_clients <= self.clients_per_round:
             raise ValueError(f"noise_clients must be in [0, clients_per_round], got {self.noise_clients}")
         if self.timeout <= 0:
@@ -110,9 +122,23 @@ class ServerSettings:
         """SecAgg+ settings for an exact sum; ValueError when this configuration's sum could wrap."""
         return exact_sum_params(self.bound, self.clients_per_round)
 
+    @property
+    def two_phase(self) -> bool:
+        return self.target_error > 0
+
+    def width_for(self, t: int) -> int:
+        """Round t's sketch width: fixed, or phase1_width then the width phase 1 chose (two-phase sizing)."""
+        if not self.two_phase:
+            return self.width
+        if t <= self.phase1_rounds:
+            return self.phase1_width
+        if not self.phase2_width:
+            raise RuntimeError(f"round {t}: the phase-2 width has not been chosen yet")
+        return self.phase2_width
+
     def round_spec(self, t: int, drop: bool = False) -> RoundSpec:
         return RoundSpec(
-            round=t, seed=self.planner.hash_seed(t), depth=self.depth, width=self.width, bound=self.bound,
+            round=t, seed=self.planner.hash_seed(t), depth=self.depth, width=self.width_for(t), bound=self.bound,
             item_cap=self.item_cap, noise_var=float(self.noise_var), noise_clients=self.share_clients,
             noise_seed=self.seed + 7919,
             dataset=self.dataset, zipf_s=float(self.zipf_s), zipf_d=self.zipf_d, zipf_items=self.zipf_items,
@@ -143,6 +169,10 @@ class ServerLog:
     records: list[RoundRecord] = field(default_factory=list)
     partitions: dict[int, int] = field(default_factory=dict)
     """partition id -> Flower node id, learned once from the nodes' public properties."""
+    settings: ServerSettings | None = None
+    """The settings the run ended with (two-phase sizing fills in `phase2_width`)."""
+    sizing: dict = field(default_factory=dict)
+    """Two-phase sizing: the chosen width and the sizer's prediction."""
 
 
 class SketchSumStrategy(FedAvg):
@@ -160,6 +190,11 @@ class SketchSumStrategy(FedAvg):
 
     def configure_fit(self, server_round, parameters, client_manager):
         """The planned cohort of this round, each with the round's spec (and its dropout flag)."""
+        if self.settings.two_phase and server_round == self.settings.phase1_rounds + 1:
+            from simulations.flower.two_phase import choose_phase2_width
+
+            width, self.log.sizing = choose_phase2_width(self.settings, self.log.records)
+            self.settings = replace(self.settings, phase2_width=width)
         s = self.settings
         plan = s.planner
         cohort, dropped = plan.cohort(server_round), set(plan.dropped(server_round).tolist())
@@ -172,7 +207,7 @@ class SketchSumStrategy(FedAvg):
             spec = s.round_spec(server_round, drop=pid in dropped)
             out.append((proxies[str(node)], FitIns(parameters, spec.to_config())))
         self._pending[server_round] = RoundRecord(
-            round=server_round, seed=plan.hash_seed(server_round), width=s.width, sampled=len(cohort),
+            round=server_round, seed=plan.hash_seed(server_round), width=s.width_for(server_round), sampled=len(cohort),
             told_to_drop=len(dropped),
         )
         return out
@@ -187,9 +222,9 @@ class SketchSumStrategy(FedAvg):
         if not results:
             rec.skipped = "no client survived"
         elif self.settings.secagg:
-            rec.total = mean_to_sum(arrays[0], len(results)).reshape(self.settings.depth, self.settings.width)
+            rec.total = mean_to_sum(arrays[0], len(results)).reshape(self.settings.depth, rec.width)
         else:
-            rec.total = np.rint(np.sum(arrays, axis=0)).astype(np.int64).reshape(self.settings.depth, self.settings.width)
+            rec.total = np.rint(np.sum(arrays, axis=0)).astype(np.int64).reshape(self.settings.depth, rec.width)
         self.log.records.append(rec)
         return ndarrays_to_parameters([np.zeros(1)]), {}
 
@@ -293,6 +328,7 @@ def run_server(grid: Grid, context: Context, settings: ServerSettings, server_lo
     finally:
         if bar is not None:
             bar.close()
+        server_log.settings = strategy.settings
     return server_log
 
 
