@@ -59,7 +59,7 @@ def test_gpt2_curriculum_ramps_dims_and_points_then_holds():
         Config(curriculum_frac=1.5)
 
 
-def test_pgd_beats_gd_and_the_unshared_model_blows_up_past_its_depth(smoke):
+def test_pgd_beats_gd_and_both_models_are_probed_at_every_depth(smoke):
     result = smoke("icl-pgd")
     m = result["metrics"]["mse"]
     for t in (1, 2, 4):
