@@ -173,3 +173,22 @@ def test_budget_guard_stops_training_before_the_target_is_exceeded():
     # dp_accounting and Opacus sum the fractional-order RDP series differently (~1e-5 relative at q = 1/8)
     assert info.value.epsilon_spent == pytest.approx(engine.get_epsilon(1e-5), rel=1e-4)
     assert info.value.epsilon_spent <= 3.0
+
+
+@pytest.mark.parametrize(
+    "name,cls",
+    [("dp-sgd", torch.optim.SGD), ("dp-adam", torch.optim.Adam), ("dp-rmsprop", torch.optim.RMSprop),
+     ("dp-adagrad", torch.optim.Adagrad)],
+)
+def test_baselines_are_opacus_dp_optimizers_around_stock_torch_optimizers(name, cls):
+    torch.manual_seed(0)
+    run = make_dp_training(name, _model(), DataLoader(_data(), batch_size=32), lr=0.01, max_grad_norm=1.0,
+                           noise_multiplier=1.0)
+    assert type(run.optimizer.original_optimizer) is cls and run.criterion is None
+    before = [p.detach().clone() for p in run.module.parameters()]
+    _epoch(run.module, run.optimizer, run.data_loader, max_steps=3)
+    assert run.engine.accountant.history == [(1.0, 32 / N, 3)]
+    assert all(not torch.equal(a, b.detach()) for a, b in zip(before, run.module.parameters()))
+    with pytest.raises(ValueError, match="name must be one of"):
+        make_dp_training("dp-lamb", _model(), DataLoader(_data(), batch_size=32), lr=0.01, max_grad_norm=1.0,
+                         noise_multiplier=1.0)
