@@ -22,10 +22,10 @@ demo: $(STAMP)
 	$(BIN)/python -m simulations run ffe-flower
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --timeout=900 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --timeout=900 -q
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --timeout=1800 -q -m ''
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --timeout=1800 -q -m "slow or not slow"
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

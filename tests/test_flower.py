@@ -20,7 +20,8 @@ from simulations.flower.rounds import RoundPlanner
 from simulations.flower.server_app import ServerSettings
 from simulations.flower.task import RoundSpec, check_table, client_table, cohort_tables
 
-pytestmark = pytest.mark.timeout(300)
+# one Ray simulation per run: keep every Ray-backed test on the same xdist worker (make test uses --dist loadgroup)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("ray")]
 
 
 def _digest(a: np.ndarray) -> str:
