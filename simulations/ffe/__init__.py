@@ -4,6 +4,6 @@
 EXPERIMENTS: dict[str, str] = {
     "ffe-single": "simulations.ffe.single",
     "ffe-multiround": "simulations.ffe.multiround",
+    "ffe-two-phase": "simulations.ffe.two_phase",
+    "ffe-dp": "simulations.ffe.dp",
 }
-EXPERIMENTS["ffe-dp"] = "simulations.ffe.dp"
-EXPERIMENTS["ffe-two-phase"] = "simulations.ffe.two_phase"
