@@ -19,9 +19,14 @@ Two predictors (`predictor`):
   error at small R on near-sparse and steep-Zipf instances: measured error / this prediction reached ~30
   (Zipf(1.5)) and ~100 (near-sparse) at R = 5.
 - "simulate" (default): draw `simulations` copies of every round from the denoised phase-1 law (detected items
-  keep their estimates, the remaining mass is spread evenly), run the exact sketch pipeline at the candidate width
-  and take the `quantile` (default 0.95) of the l_inf errors, so that the target is met in most runs rather than
-  on average. Same simulated rounds and hashes for every width; widths on a 2^(1/8) grid.
+  keep their estimates; the remaining mass N1 - sum(detected) follows the power law k^-s fitted to the detected
+  items' rank profile, or is spread evenly when fewer than 5 items can be fitted), run the exact sketch pipeline
+  at the candidate width and take the `quantile` (default 0.95) of the l_inf errors, so that the target is met in
+  most runs rather than on average. Same simulated rounds and hashes for every width; widths on a 2^(1/8) grid.
+  Spreading the undetected mass evenly under-predicted heavy tails: at full size (d = 20,000, R = 15, target
+  0.0005) Zipf(0.8) met the target in 5/10 seeds, since its top undetected items carry counts near the detection
+  threshold. With the fitted tail the model's tail l2^2 came within ~5% of the truth (4,644 vs 4,892 on one seed)
+  and a 10-seed probe met the target in 9/10.
 
 The final estimate (`combine`):
 - "reencode" (default): phase-1 clients also send a W2 sketch in phase 2, so every round is decoded at W2 and the
@@ -189,13 +194,17 @@ class TwoPhaseSizer:
         return self.error_constant * np.sqrt(2.0 * np.log(self.domain)) * np.sqrt(var) * scale / float(sum(round_sizes))
 
     def _profile(self, plan: SizingPlan, n1: float) -> np.ndarray:
-        """Denoised phase-1 law: detected items keep their estimates, the rest of the mass is spread evenly."""
+        """Denoised phase-1 law: detected items keep their estimates; the undetected mass follows the detected
+        items' power law (`_tail_shape`) over the remaining ids, spread evenly when no slope can be fitted."""
         est = plan.phase1_estimate
         p = np.zeros(self.domain)
         idx = np.argsort(-est, kind="stable")[: plan.n_detected]
         p[idx] = est[idx]
-        if self.domain > plan.n_detected:
-            p[p == 0] = max(n1 - p.sum(), 0.0) / (self.domain - plan.n_detected)
+        rest = self.domain - plan.n_detected
+        residual = max(n1 - p.sum(), 0.0)
+        if rest > 0 and residual > 0.0:
+            shape = _tail_shape(est[idx], rest)
+            p[np.flatnonzero(p == 0)[:rest]] = residual * shape
         total = p.sum()
         return p / total if total > 0 else np.full(self.domain, 1.0 / self.domain)
 
@@ -331,3 +340,23 @@ def _median_decode(raw: np.ndarray, counts: np.ndarray, width: int) -> np.ndarra
         table = np.bincount(buckets[r], weights=signs[r] * weights, minlength=width)
         rows[r] = signs[r] * table[buckets[r]]
     return combine_rows(rows, "median")
+
+
+_MIN_FIT = 5  # detected items needed to fit the tail's power law
+
+
+def _tail_shape(top: np.ndarray, rest: int) -> np.ndarray:
+    """Weights (summing to 1) for the `rest` undetected ranks k = n+1..n+rest after the n detected estimates `top`
+    (descending): c_k ~ k^-s with s the least-squares slope of log c_(i) on log i over the detected items above
+    twice the smallest one (those near the detection threshold are inflated by selection on noise), s in [0, 4].
+    Even spreading (s = 0) makes every undetected item ~N_res/d and under-predicts a heavy tail: on Zipf(0.8) the
+    top undetected items carry counts near the threshold, which set the l2 tail the sketch error depends on."""
+    n = top.shape[0]
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    keep = top >= 2.0 * top[-1] if n else np.zeros(0, dtype=bool)
+    if int(keep.sum()) < _MIN_FIT:
+        return np.full(rest, 1.0 / rest)
+    x, y = np.log(ranks[keep]), np.log(top[keep])
+    slope = -float(np.polyfit(x, y, 1)[0])
+    w = np.arange(n + 1, n + rest + 1, dtype=np.float64) ** -min(max(slope, 0.0), 4.0)
+    return w / w.sum()

@@ -22,6 +22,7 @@ _MAX_EXACT = 1 << 53  # float64 bincount weights are exact integers below this
 _CACHE_LIMIT = 1 << 24  # domains up to this size keep their (R, d) hashes after first use
 _NETWORK_MAX_ROWS = 7  # up to this many rows the median uses a sorting network, beyond it np.sort
 _BINCOUNT_FACTOR = 4  # ids below 4 n + 4096 are counted with one bincount instead of np.unique
+_LOOKUP_FACTOR = 64  # encode_clients: ids below 64 n + 4096 are made distinct with a mask + lookup table
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
@@ -55,6 +56,23 @@ def _as_counts(counts: ArrayLike, n: int) -> np.ndarray:
     if n and (int(arr.min()) < 0 or float(arr.sum(dtype=np.float64)) >= _MAX_EXACT):
         raise ValueError(f"counts must be non-negative with a sum below 2^53, got min {int(arr.min())}")
     return arr
+
+
+def _distinct(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct ids and each id's index among them (`np.unique(ids, return_inverse=True)`).
+
+    Bounded ids (max < 64 n + 4096) use a presence mask and a lookup table: two O(max id) passes instead of a sort,
+    ~3x faster for 10^5 ids below 10^6."""
+    n = ids.shape[0]
+    top = int(ids.max()) + 1 if n else 0
+    if top > _LOOKUP_FACTOR * n + 4096:
+        return np.unique(ids, return_inverse=True)
+    present = np.zeros(top, dtype=bool)
+    present[ids] = True
+    uniq = np.flatnonzero(present)
+    lookup = np.empty(top, dtype=np.intp)
+    lookup[uniq] = np.arange(uniq.shape[0], dtype=np.intp)
+    return uniq.astype(np.int64, copy=False), lookup[ids]
 
 
 class CountSketch:
@@ -179,14 +197,16 @@ class CountSketch:
         out = np.zeros(n_clients * self.depth * self.width, dtype=np.int64)
         if n == 0:
             return out.reshape(n_clients, self.depth, self.width)
-        uniq, inverse = np.unique(ids, return_inverse=True)
+        uniq, inverse = _distinct(ids)
         buckets, signs = self._hash(uniq)
-        buckets += np.arange(self.depth, dtype=np.intp)[:, None] * self.width  # row offsets, on the distinct ids
-        flat = buckets[:, inverse]
-        flat += (clients * (self.depth * self.width))[None, :]
-        values = signs[:, inverse].astype(np.int64)
+        # item-major (n, R) layout: an item's R entries sit in one client block, so the scatter-add below sweeps
+        # the output once (row-major (R, n) sweeps all n_clients blocks R times; measured ~25% slower)
+        offsets = np.arange(self.depth, dtype=np.int64) * self.width
+        flat = (buckets.T + offsets)[inverse]  # row offsets added on the distinct ids, then gathered
+        flat += (clients * (self.depth * self.width))[:, None]
+        values = signs.T.astype(np.int64)[inverse]
         if weights is not None:
-            values *= weights[None, :]
+            values *= weights[:, None]
         # one unbuffered scatter-add in exact int64 (numpy >= 1.25's fast path; faster here than a bincount with
         # minlength n*R*W, which materializes a float64 copy of the whole output)
         np.add.at(out, flat.ravel(), values.ravel())

@@ -87,10 +87,11 @@ def test_l2_estimate_is_close_to_the_count_norm():
     assert abs(cs.l2_estimate(cs.encode(items)) / true - 1.0) < 0.1
 
 
-def test_encode_clients_equals_per_client_encode_and_sums_to_encode():
+@pytest.mark.parametrize("id_range", [1000, 10**6, 1 << 62])  # lookup-table path, np.unique path, huge ids
+def test_encode_clients_equals_per_client_encode_and_sums_to_encode(id_range):
     rng = np.random.default_rng(4)
     n_clients, n = 37, 3000
-    items = rng.integers(0, 10**6, n)
+    items = rng.integers(0, id_range, n, dtype=np.int64)
     client = rng.integers(0, n_clients - 2, n)  # the last two clients hold nothing
     cs = CountSketch(4, 256, seed=6)
     per = cs.encode_clients(items, client, n_clients)
@@ -102,6 +103,16 @@ def test_encode_clients_equals_per_client_encode_and_sums_to_encode():
     per_w = cs.encode_clients(items, client, n_clients, counts=counts)
     assert np.array_equal(per_w.sum(axis=0), cs.encode(items, counts))
     assert cs.encode_clients(items, client).shape[0] == n_clients - 2
+
+
+@pytest.mark.parametrize("top", [1, 50, 10**5])
+def test_distinct_matches_np_unique(top):
+    from fedsketch.sketch import _distinct
+
+    ids = np.random.default_rng(top).integers(0, top, 2000, dtype=np.int64)
+    uniq, inverse = _distinct(ids)
+    ref_u, ref_i = np.unique(ids, return_inverse=True)
+    assert np.array_equal(uniq, ref_u) and np.array_equal(inverse, ref_i) and uniq.dtype == np.int64
 
 
 def test_sign_seed_keeps_buckets_and_changes_signs():
