@@ -69,3 +69,16 @@ def test_run_needs_more_rounds_than_phase_one():
     sizer = TwoPhaseSizer(target_error=0.01, domain=100, phase1_rounds=2)
     with pytest.raises(ValueError, match="more than phase1_rounds=2"):
         sizer.run([np.arange(10), np.arange(10)])
+
+
+def test_undetected_tail_follows_the_fitted_power_law():
+    from fedsketch.sizing import _tail_shape
+
+    top = 1000.0 * np.arange(1, 61) ** -0.8  # 60 detected items on an exact Zipf(0.8) profile
+    w = _tail_shape(top, 1000)
+    assert w.shape == (1000,) and np.isclose(w.sum(), 1.0)
+    # ranks 61 and 610 of the tail: ratio (610/61)^0.8 = 6.31 (even spreading would give 1)
+    assert np.isclose(w[0] / w[549], 10**0.8, rtol=1e-6)
+    # too few items to fit (or a flat profile) -> even spreading
+    assert np.allclose(_tail_shape(np.array([9.0, 8.0, 7.0]), 50), 1 / 50)
+    assert np.allclose(_tail_shape(np.full(20, 7.0), 50), 1 / 50)
