@@ -1,5 +1,6 @@
-"""icl-context-vs-task: which predictors improve with context length n, which with the number of pretraining tasks
-K (Abedsoltan, Radhakrishnan, Wu & Belkin 2024).
+"""icl-context-vs-task: prompt MLP vs KQV-free feature map vs both, over context length n and task count K.
+
+Abedsoltan, Radhakrishnan, Wu & Belkin 2024: which predictors improve with n, which with K.
 
 Setting: linear regression, d=8, x ~ N(0, I), w ~ N(0, I), σ² = 0; each model is pretrained on a finite pool of K
 tasks (K = ∞: a fresh task per prompt) at context length n, and tested on *new* tasks at the same n. Models:

@@ -1,5 +1,4 @@
-"""icl-gpt2: a GPT-2 trained on linear-regression prompts tracks least squares, and ridge under noise (Garg et al.
-2022).
+"""icl-gpt2: GPT-2 trained in context tracks least squares, and ridge under noise (Garg et al. 2022).
 
 `GPT2ICL` (interleaved x/y tokens, learned positions, linear read-in/out; 12 layers × 256 full, 6 × 128 smoke)
 is trained on prompts with x ~ N(0, I_d), w ~ N(0, I_d) and label noise σ² = 0.25 (Garg et al.'s noisy linear

@@ -1,5 +1,6 @@
-"""icl-ltb: a linear transformer block (linear attention + linear MLP) handles a non-zero task mean; attention
-alone cannot (Zhang, Wu & Bartlett 2024).
+"""icl-ltb: linear attention + linear MLP (LTB) handles a non-zero task mean; attention alone cannot.
+
+Zhang, Wu & Bartlett 2024.
 
 Setting: x ~ N(0, I_d), w ~ N(β*, I_d), y = wᵀx + N(0, σ²), d=5, n=20, σ²=0.1, β* ∈ {0, 3·1}. The paper's
 reference class is GD-β, one GD step from a learned start, ŷ = x_qᵀ[β₀ + Γ (1/n) Σ (y_i − x_iᵀβ₀) x_i], whose

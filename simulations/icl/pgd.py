@@ -1,5 +1,6 @@
-"""icl-pgd: trained linear transformers implement preconditioned gradient descent, and looped ones keep
-descending past their training depth (Ahn et al. NeurIPS 2023; Gatmiry et al. ICML 2024).
+"""icl-pgd: trained multilayer and looped linear transformers vs tuned L-step (preconditioned) GD.
+
+Ahn et al. NeurIPS 2023; Gatmiry et al. ICML 2024. Also probes the models past their training depth.
 
 Setting (Ahn et al.'s `variable_L_exp`): d=5, n=20, x ~ N(0, Σ) with Σ = U diag(1, 1, 1/4, 1/16, 1) Uᵀ (a fixed
 random rotation U), w ~ N(0, Σ⁻¹), noiseless. Baselines, with the step size tuned on a separate batch:

@@ -1,5 +1,6 @@
-"""icl-task-diversity: depth vs task diversity (condition number κ) for linear transformers, and looping for
-robustness (Gatmiry, Saunshi, Reddi, Jegelka & Kumar 2024).
+"""icl-task-diversity: layers needed vs condition number κ for linear transformers; looping for robustness.
+
+Gatmiry, Saunshi, Reddi, Jegelka & Kumar 2024.
 
 Setting: d=8, n=64, noiseless, w ~ N(0, I), and every prompt its own covariance Σ = U diag(λ) Uᵀ (Haar U,
 log-uniform eigenvalues in [1/κ, 1] with both ends pinned), κ ∈ {1, 10, 100}. Each class is trained at every
