@@ -202,9 +202,10 @@ class CountSketch:
         # item-major (n, R) layout: an item's R entries sit in one client block, so the scatter-add below sweeps
         # the output once (row-major (R, n) sweeps all n_clients blocks R times; measured ~25% slower)
         offsets = np.arange(self.depth, dtype=np.int64) * self.width
-        flat = (buckets.T + offsets)[inverse]  # row offsets added on the distinct ids, then gathered
+        # row offsets added on the distinct ids, then gathered (np.take on contiguous (U, R): ~2x fancy indexing)
+        flat = np.take(np.ascontiguousarray(buckets.T) + offsets, inverse, axis=0)
         flat += (clients * (self.depth * self.width))[:, None]
-        values = signs.T.astype(np.int64)[inverse]
+        values = np.take(np.ascontiguousarray(signs.T).astype(np.int64), inverse, axis=0)
         if weights is not None:
             values *= weights[:, None]
         # one unbuffered scatter-add in exact int64 (numpy >= 1.25's fast path; faster here than a bincount with
