@@ -1,6 +1,6 @@
 """Count-sketch throughput: encode, decode and per-client encode, each against a floor measured in the same run.
 
-    python benchmarks/bench_sketch.py [--items 10000000] [--repeats 5] [--markdown docs/results/fedsketch.md]
+    python benchmarks/bench_sketch.py [--items 10000000] [--repeats 5] [--markdown FILE]
 
 - encode: 10^7 Zipf(1.1) item ids over d = 10^6 into R = 5, W = 2^16. Floor: R weighted `np.bincount` calls over
   precomputed bucket indices and signs of all 10^7 items (the sketch update with hashing for free). "cold" is a new

@@ -16,7 +16,7 @@ c = sum_t c_t:
   ~sqrt(M) better on homogeneous rounds.
 - `shared_bucket_estimate` (the alternative reading, kept switchable): the same buckets every round (seeds[0]) but
   fresh signs (round t's signs from seeds[t]); per row the estimates are summed over rounds, then the median is
-  taken over the R rows. In our simulations it did worse than the default reading (docs/results/fedsketch.md).
+  taken over the R rows. In our simulations it did worse than the default reading (docs/RESULTS.md).
 
 The paper's algorithm box was not available to us; the default is the reading that our simulations and the
 variance argument above support. All functions return float64 count estimates (divide by N for frequencies).

@@ -9,7 +9,7 @@ Task "sparse" (default) is the power-law synthetic task of dp2-sparse (training 
 "imdb" is the embedded IMDB subset (test accuracy, higher is better). Both DP² variants are swept. Claim, per
 variant: the best interior s beats both extremes (s = smallest and s = largest), by the mean over seeds.
 
-What we measured (docs/results/dp-experiments.md): the noise-then-precondition variant (`DelayedPrecondRMSprop`)
+What we measured (docs/RESULTS.md): the noise-then-precondition variant (`DelayedPrecondRMSprop`)
 shows the paper's interior optimum on the sparse task (s = 1: a noisy preconditioner; s = the whole run: plain
 DP-SGD; in between: lower loss than both) — strict. DP² proper (precondition, then clip at C2) trails DP-SGD at
 every s on that task, so its curve has no interior optimum at our scale: an observation (strict=False). On the

@@ -5,7 +5,7 @@ at ε≈3 of 0.687 (DP-SGD), 0.713 (DP-RMSProp) and 0.815 (DP²). Our embedded d
 cut at 500 word ids (497 features, see `simulations/datasets/imdb.py`); each method is tuned on the same number of
 grid points (`simulations/dp/_tuning.py`), then re-run on fresh seeds.
 
-Why the paper's gap is an observation here (strict=False), from our measurements (docs/results/dp-experiments.md):
+Why the paper's gap is an observation here (strict=False), from our measurements (docs/RESULTS.md):
 non-private logistic regression on these 497 features reaches only ≈0.833 test accuracy and tuned DP-SGD already
 reaches ≈0.80 at ε = 3, so there is ≈0.03 of headroom for any optimizer — the paper's +0.13 cannot appear. With
 few, frequent features the coordinate scales that a preconditioner corrects differ little, and DP²'s phase B

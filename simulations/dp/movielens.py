@@ -9,7 +9,7 @@ Each rating is one example (example-level DP, add/remove one rating).
 
 Claim: DP² has the lowest test MSE of the three after equal tuning (α/C grids of the same size; DP² takes α1/C1
 from DP-SGD's best point). It is an observation (strict=False) unless it holds on every seed at the size run; the
-measured numbers and what they depend on are in docs/results/dp-experiments.md.
+measured numbers and what they depend on are in docs/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Claim (the paper: "up to 4× faster convergence"): at ε = 3, DP² reaches tuned
 ≤ ½ of DP-SGD's steps, both tuned on grids of the same size. Per-example gradients are closed form (r_i·x_i);
 clipping, noise and DP²'s phases are Opacus' and dpopt's code.
 
-What we measured (docs/results/dp-experiments.md; full size, 3 seeds): the noise-then-precondition variant
+What we measured (docs/RESULTS.md; full size, 3 seeds): the noise-then-precondition variant
 (dpopt's `DelayedPrecondRMSprop`: the delayed preconditioner applied after clipping and noise) reaches DP-SGD's
 best final loss at 0.40–0.45 of DP-SGD's steps on every seed — the claim, strict (smoke preset: 0.375 on both
 seeds). DP² proper (`DP2RMSprop`: precondition, then clip at C2) never reaches it: each example here has ~4
