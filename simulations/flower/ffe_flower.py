@@ -254,6 +254,7 @@ def _plot(metrics: dict, out_dir: Path, vocab: tuple[str, ...] | None) -> Path:
                 label="shared-hash, sketching error only")
         ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="l_inf error of the running estimate", title="error vs round")
+    ax.set_xticks(rounds)
     ax.legend()
     return save_figure(fig, out_dir, "ffe_flower.png")
 
