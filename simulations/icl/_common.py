@@ -74,7 +74,7 @@ def train(
         device=device,
         amp=amp,
         log_every=max(steps // points, 1),
-        progress=False,
+        progress=steps >= 1000,  # a bar for full-size training; smoke runs stay quiet
         compile=compile,
     )
     trainer = Trainer(model, lambda step: draw(sampler, batch_size, gen, step), loss_fn, cfg)
