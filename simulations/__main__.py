@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from simulations import registry
@@ -17,9 +18,9 @@ def _print_claims(result: dict) -> None:
     w = max(len(c["name"]) for c in claims)
     print(f"{'claim':<{w}}  {'measured':>12}  {'threshold':>12}  {'holds':>5}  kind")
     for c in claims:
-        kind = "strict" if c["strict"] else "observation"
-        print(f"{c['name']:<{w}}  {_fmt(c['measured']):>12}  {_fmt(c['threshold']):>12}  "
-              f"{'yes' if c['holds'] else 'NO':>5}  {kind}")
+        kind = c.get("kind") or ("claim" if c["strict"] else "observation")
+        holds = "yes" if c["holds"] else ("NO" if c["strict"] else "no")
+        print(f"{c['name']:<{w}}  {_fmt(c['measured']):>12}  {_fmt(c['threshold']):>12}  {holds:>5}  {kind}")
 
 
 def _fmt(x) -> str:
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = registry.parse_set_args(args.sets)
         out = args.out or os.path.join("runs", args.name)
-        result = registry.run(args.name, smoke=args.smoke, overrides=overrides, out_dir=out, device=args.device)
+        command = "python -m simulations " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        result = registry.run(args.name, smoke=args.smoke, overrides=overrides, out_dir=out, device=args.device,
+                              command=command)
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-AREAS: tuple[str, ...] = ("ffe", "flower", "dp", "icl")
+AREAS: tuple[str, ...] = ("ffe", "flower", "dp", "icl", "lm", "theory")
 
 
 @dataclass(frozen=True)
 class Claim:
     """A paper's claim as a check: `holds` compares `measured` against `threshold`.
 
-    A non-strict claim is an *observation*: reported, never failing a run (see the experiment's docstring for why
-    our scale may not show it).
+    Three kinds:
+    - a **claim** (`strict=True`): the paper's claim at the size that was run; a failing one fails the run;
+    - an **observation** (`strict=False`): reported, never failing a run (the experiment's docstring says why our
+      scale may not show it);
+    - a **sanity check** (`sanity=True`): a check that involves no trained model (a baseline against a closed form,
+      an identity of the setup). It still fails the run when broken, but it is not counted as a paper's claim.
     """
 
     name: str
@@ -32,6 +36,16 @@ class Claim:
     threshold: float
     holds: bool
     strict: bool = True
+    sanity: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sanity and not self.strict:
+            raise ValueError(f"claim {self.name!r}: a sanity check is always strict (it fails the run when broken)")
+
+    @property
+    def kind(self) -> str:
+        """'claim', 'observation' or 'sanity'."""
+        return "sanity" if self.sanity else ("claim" if self.strict else "observation")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +54,7 @@ class Claim:
             "threshold": _jsonable(self.threshold),
             "holds": bool(self.holds),
             "strict": bool(self.strict),
+            "kind": self.kind,
         }
 
 
@@ -52,6 +67,7 @@ class Experiment:
     run: Callable[[Any, Path], dict]
     claims: Callable[[dict], list[Claim]]
     description: str = ""
+    paper: str = ""
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -63,13 +79,18 @@ def register(
     run: Callable[[Any, Path], dict],
     claims: Callable[[dict], list[Claim]],
     description: str = "",
+    paper: str = "",
 ) -> Experiment:
-    """Register an experiment under `name` (called at import time of the experiment's module)."""
+    """Register an experiment under `name` (called at import time of the experiment's module).
+
+    description: the module docstring (its first line is the one-line summary `list` shows);
+    paper: the work it reproduces, as a short citation ("Wu, Zhu, Kairouz, Braverman, NeurIPS 2023").
+    """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
     if not hasattr(config, "smoke"):
         raise TypeError(f"config for {name!r} must define a smoke() preset")
-    exp = Experiment(name=name, config=config, run=run, claims=claims, description=description)
+    exp = Experiment(name=name, config=config, run=run, claims=claims, description=description, paper=paper)
     _REGISTRY[name] = exp
     return exp
 
@@ -200,11 +221,17 @@ def run(
     out_dir: str | Path | None = None,
     device: str | None = None,
     config: Any = None,
+    command: str | None = None,
 ) -> dict:
-    """Build the config (full or smoke, plus overrides), run the experiment, and return its result dict."""
+    """Build the config (full, smoke or a named `scale` preset, plus overrides), run the experiment, and return
+    its result dict. `command` is recorded as how the run was made (default: the equivalent CLI line)."""
     exp = get(name)
+    overrides = dict(overrides or {})
+    scale = overrides.pop("scale", None)
     if config is None:
-        config = exp.config.smoke() if smoke else exp.config()
+        config = _preset(exp, scale) if scale is not None else (exp.config.smoke() if smoke else exp.config())
+        if scale is not None and smoke:
+            raise ValueError("--smoke and --set scale=... both pick a preset; give one")
     if overrides:
         config = apply_overrides(config, overrides)
     if device is not None:
@@ -214,7 +241,31 @@ def run(
             raise ValueError(f"--device {device}: experiment {name!r} runs on the CPU only")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
-    return exp.run(config, out)
+    from simulations.results import run_context
+
+    preset = scale if scale is not None else ("smoke" if smoke else "full")
+    with run_context(command or _command_line(name, smoke, scale, overrides, device), smoke=preset == "smoke",
+                     preset=preset):
+        return exp.run(config, out)
+
+
+def _command_line(name: str, smoke: bool, scale: str | None, overrides: Mapping[str, str],
+                  device: str | None) -> str:
+    """The CLI command that reproduces a run made from Python."""
+    parts = ["python -m simulations run", name] + (["--smoke"] if smoke else [])
+    parts += [f"--set scale={scale}"] if scale is not None else []
+    parts += [f"--set {k}={v}" for k, v in overrides.items()]
+    parts += [f"--device {device}"] if device is not None else []
+    return " ".join(parts)
+
+
+def _preset(exp: Experiment, scale: str) -> Any:
+    """The config of the named preset (`--set scale=NAME`): `full`, `smoke`, or one the Config adds."""
+    presets = exp.config.presets() if hasattr(exp.config, "presets") else {"full": exp.config,
+                                                                           "smoke": exp.config.smoke}
+    if scale not in presets:
+        raise ValueError(f"--set scale: {exp.name!r} has presets {sorted(presets)}, got {scale!r}")
+    return presets[scale]()
 
 
 def failed_strict(result: dict) -> list[dict]:

@@ -82,7 +82,7 @@ def test_run_writes_record_with_claims(toy, tmp_path):
     assert on_disk["experiment"] == "toy" and on_disk["config"]["n"] == 2
     assert set(on_disk) >= {"experiment", "config", "environment", "metrics", "claims"}
     assert on_disk["claims"][0] == {"name": "value below threshold", "measured": 1.0, "threshold": 1.0,
-                                    "holds": True, "strict": True}
+                                    "holds": True, "strict": True, "kind": "claim"}
     assert (tmp_path / "plot.png").stat().st_size > 0
     assert registry.failed_strict(result) == []
 

@@ -26,9 +26,8 @@ from tqdm import tqdm
 
 from fedsketch.metrics import linf_error, tail_norm
 from fedsketch.sketch import CountSketch
+from simulations.config import ExperimentConfig, param
 from simulations.ffe._common import (
-    check_int,
-    check_range,
     hash_seeds,
     shakespeare_round_counts,
     summarize,
@@ -43,34 +42,24 @@ C_GRID = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     """Full size: Zipf(1.1) over d = 100,000 with 10^6 items, and all of Tiny Shakespeare (~194k words)."""
 
-    d: int = 100_000
-    n_items: int = 1_000_000
-    zipf_s: float = 1.1
-    depths: tuple[int, ...] = (5, 15)
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
-    instances: tuple[str, ...] = INSTANCES
-    C: int = 8
-    seeds: int = 10
-    seed: int = 0
+    d: int = param(100_000, "domain size of the Zipf instance", bounds="[16, 1e7]")
+    n_items: int = param(1_000_000, "items drawn for the Zipf instance", bounds="[1, 1e9]")
+    zipf_s: float = param(1.1, "Zipf exponent", bounds="[0, 10]")
+    depths: tuple[int, ...] = param((5, 15), "sketch depths R (the claim is strict at the largest)",
+                                    bounds="[1, 64]", nonempty=True)
+    widths: tuple[int, ...] = param((64, 128, 256, 512, 1024, 2048, 4096, 8192), "sketch widths W to sweep",
+                                    bounds="[2, 16777216]", nonempty=True)
+    instances: tuple[str, ...] = param(INSTANCES, "instances to run", choices=INSTANCES, nonempty=True)
+    C: int = param(8, "constant of the tail bound C * ||tail_(W/C)||_2 / sqrt(W)", bounds="[1, 1024]")
+    seeds: int = param(10, "hash seeds per width", bounds="[1, 10000]")
+    seed: int = param(0, "master seed", bounds="[0, 4294967295]")
 
-    def __post_init__(self) -> None:
-        check_int("d", self.d, 16, 10**7)
-        check_int("n_items", self.n_items, 1, 10**9)
-        check_range("zipf_s", self.zipf_s, 0.0, 10.0)
-        if not self.depths or any(not isinstance(r, int) or not 1 <= r <= 64 for r in self.depths):
-            raise ValueError(f"depths must be a non-empty tuple of ints in [1, 64], got {self.depths!r}")
-        check_int("C", self.C, 1, 1024)
-        check_int("seeds", self.seeds, 1, 10_000)
-        check_int("seed", self.seed, 0, 2**32 - 1)
-        if not self.widths or any(not isinstance(w, int) or not 2 <= w <= 1 << 24 for w in self.widths):
-            raise ValueError(f"widths must be a non-empty tuple of ints in [2, 2^24], got {self.widths!r}")
+    def check(self) -> None:
         if min(self.widths) < self.C:
             raise ValueError(f"widths must all be >= C = {self.C} (so that W / C >= 1), got {self.widths!r}")
-        if not self.instances or any(k not in INSTANCES for k in self.instances):
-            raise ValueError(f"instances must be a non-empty subset of {list(INSTANCES)}, got {self.instances!r}")
 
     @classmethod
     def smoke(cls) -> Config:
@@ -173,4 +162,5 @@ def claims(result: dict) -> list[Claim]:
     return out
 
 
-register(NAME, Config, run, claims, __doc__ or "")
+register(NAME, Config, run, claims, __doc__ or "",
+         paper="Charikar, Chen, Farach-Colton, ICALP 2002; Wu, Zhu, Kairouz, Braverman, NeurIPS 2023")
