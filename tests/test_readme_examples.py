@@ -1,4 +1,4 @@
-"""Every ```python example in README.md runs as written (each in a fresh interpreter)."""
+"""Every ```python example in README.md and the docs pages (docs/*.md) runs as written, each in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -14,16 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent
 _BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def _examples() -> list[tuple[str, str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
     out = []
-    for i, m in enumerate(_BLOCK.finditer(text)):
-        heading = [h for h in re.findall(r"^#+ (.+)$", text[: m.start()], re.M)][-1:] or ["top"]
-        out.append((f"{i}-{re.sub(r'[^a-z0-9]+', '-', heading[0].lower()).strip('-')[:40]}", m.group(1)))
+    for page in DOCS:
+        text = page.read_text(encoding="utf-8")
+        for i, m in enumerate(_BLOCK.finditer(text)):
+            heading = [h for h in re.findall(r"^#+ (.+)$", text[: m.start()], re.M)][-1:] or ["top"]
+            slug = re.sub(r"[^a-z0-9]+", "-", heading[0].lower()).strip("-")[:40]
+            out.append((f"{page.stem}-{i}-{slug}", m.group(1)))
     return out
 
 
-def test_readme_has_examples():
+def test_docs_have_examples():
     assert len(_examples()) >= 4
 
 
