@@ -67,9 +67,9 @@ class Config(ExperimentConfig):
 
     @classmethod
     def smoke(cls) -> Config:
-        """~15 s: 2 layers of width 64, context 32, 150 steps."""
-        return cls(n_layer=2, n_head=2, n_embd=64, block_size=32, batch_size=12, steps=150, warmup_steps=10,
-                   lr=3e-3, eval_every=50, eval_windows=64)
+        """~15 s: 2 layers of width 64, context 32, 120 steps."""
+        return cls(n_layer=2, n_head=2, n_embd=64, block_size=32, batch_size=12, steps=120, warmup_steps=10,
+                   lr=3e-3, eval_every=60, eval_windows=64)
 
     @classmethod
     def presets(cls):
