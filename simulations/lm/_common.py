@@ -14,6 +14,59 @@ import torch
 
 from models.lm import GPT, GPTConfig, RandomWindows, evaluate_loss, lm_loss
 from models.train import TrainConfig, Trainer
+from simulations.config import ExperimentConfig, check_device, param
+
+
+@dataclass(frozen=True)
+class LMConfig(ExperimentConfig):
+    """The fields every LM-pretraining experiment shares (defaults: nanoGPT's shakespeare_char CPU run)."""
+
+    n_layer: int = param(4, "transformer blocks", bounds="[1, 96]")
+    n_head: int = param(4, "attention heads", bounds="[1, 128]")
+    n_embd: int = param(128, "model width", bounds="[8, 8192]")
+    block_size: int = param(64, "context length (tokens)", bounds="[2, 4096]")
+    batch_size: int = param(12, "sequences per step", bounds="[1, 4096]")
+    dropout: float = param(0.0, "dropout probability", bounds="[0, 1)")
+    steps: int = param(2000, "optimizer steps", bounds="[1, 1e7]")
+    lr: float = param(1e-3, "peak learning rate", bounds="(0, 1]")
+    warmup_steps: int = param(100, "linear warmup steps", bounds="[0, 1e7]")
+    min_lr_ratio: float = param(0.1, "final lr / peak lr of the cosine decay", bounds="[0, 1]")
+    beta2: float = param(0.99, "AdamW beta2", bounds="[0, 1)")
+    weight_decay: float = param(0.1, "AdamW weight decay (matrices and embeddings)", bounds="[0, 10]")
+    grad_clip: float = param(1.0, "gradient-norm clip (0 = off)", bounds="[0, 1e6]")
+    eval_every: int = param(250, "validate every this many steps (on eval_windows windows)", bounds="[0, 1e7]")
+    eval_windows: int = param(256, "validation windows used during training (the end uses every window)",
+                              bounds="[1, 1e7]")
+    seed: int = param(0, "seed of the init and of the batch positions", bounds="[0, 4294967295]")
+    device: str = param("cpu", "cpu or cuda[:i]")
+    compile: bool = param(False, "torch.compile the model")
+
+    def check(self) -> None:
+        check_device(self.device)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be <= steps={self.steps}")
+
+    @classmethod
+    def presets(cls):
+        return {**super().presets(), "gpu": cls.gpu}
+
+    @classmethod
+    def gpu(cls) -> LMConfig:
+        raise NotImplementedError
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=False)
+
+    def train(self, vocab_size: int, train: np.ndarray, val: np.ndarray) -> LMRun:
+        """Train this configuration's GPT (see `train_lm`)."""
+        return train_lm(self.model_config(vocab_size), train, val, steps=self.steps, batch_size=self.batch_size,
+                        lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
+                        betas=(0.9, self.beta2), weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                        eval_every=self.eval_every, eval_windows=self.eval_windows, seed=self.seed,
+                        device=self.device, compile=self.compile, progress=self.steps >= 500)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from models.lm import GPTConfig, bits_per_char
-from simulations.config import ExperimentConfig, check_device, param
-from simulations.lm._common import full_loss, lm_metrics, plot_curves, train_lm, unigram_loss
+from models.lm import bits_per_char
+from simulations.config import param
+from simulations.lm._common import LMConfig, full_loss, lm_metrics, plot_curves, unigram_loss
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -34,36 +34,10 @@ ANCHORS = {(4, 4, 128, 64, 12, 0.0, 2000): 1.88, (6, 6, 384, 256, 64, 0.2, 5000)
 
 
 @dataclass(frozen=True)
-class Config(ExperimentConfig):
-    """Full size: nanoGPT's CPU configuration (~6 minutes on 2 loaded CPU cores)."""
+class Config(LMConfig):
+    """Full size: nanoGPT's CPU configuration (the LMConfig defaults; ~2 minutes on 2 idle CPU cores)."""
 
-    n_layer: int = param(4, "transformer blocks", bounds="[1, 96]")
-    n_head: int = param(4, "attention heads", bounds="[1, 128]")
-    n_embd: int = param(128, "model width", bounds="[8, 8192]")
-    block_size: int = param(64, "context length (characters)", bounds="[2, 4096]")
-    batch_size: int = param(12, "sequences per step", bounds="[1, 4096]")
-    dropout: float = param(0.0, "dropout probability", bounds="[0, 1)")
-    steps: int = param(2000, "optimizer steps (nanoGPT's max_iters)", bounds="[1, 1e7]")
-    lr: float = param(1e-3, "peak learning rate", bounds="(0, 1]")
-    warmup_steps: int = param(100, "linear warmup steps", bounds="[0, 1e7]")
-    min_lr_ratio: float = param(0.1, "final lr / peak lr of the cosine decay", bounds="[0, 1]")
-    beta2: float = param(0.99, "AdamW beta2", bounds="[0, 1)")
-    weight_decay: float = param(0.1, "AdamW weight decay (matrices and embeddings)", bounds="[0, 10]")
-    grad_clip: float = param(1.0, "gradient-norm clip (0 = off)", bounds="[0, 1e6]")
-    eval_every: int = param(250, "validate every this many steps (on eval_windows windows)", bounds="[0, 1e7]")
-    eval_windows: int = param(256, "validation windows used during training (the end uses all)",
-                              bounds="[1, 1e7]")
     tolerance: float = param(0.03, "allowed relative excess over nanoGPT's loss", bounds="(0, 1]")
-    seed: int = param(0, "seed of the init and of the batch positions", bounds="[0, 4294967295]")
-    device: str = param("cpu", "cpu or cuda[:i]")
-    compile: bool = param(False, "torch.compile the model")
-
-    def check(self) -> None:
-        check_device(self.device)
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be <= steps={self.steps}")
 
     @classmethod
     def smoke(cls) -> Config:
@@ -72,18 +46,10 @@ class Config(ExperimentConfig):
                    lr=3e-3, eval_every=60, eval_windows=64)
 
     @classmethod
-    def presets(cls):
-        return {**super().presets(), "gpu": cls.gpu}
-
-    @classmethod
     def gpu(cls) -> Config:
         """nanoGPT's GPU baby GPT: 6×6×384, context 256, batch 64, dropout 0.2, 5,000 steps (anchor 1.47)."""
         return cls(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, steps=5000,
                    eval_every=500, eval_windows=1024, device="cuda", compile=True)
-
-    def model_config(self) -> GPTConfig:
-        return GPTConfig(vocab_size=65, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, dropout=self.dropout, bias=False)
 
     def anchor(self) -> float | None:
         """nanoGPT's validation loss at this exact configuration, if it published one."""
@@ -95,12 +61,8 @@ def run(config: Config, out_dir: Path) -> dict:
     from simulations.datasets import load_shakespeare_char
 
     data = load_shakespeare_char()
-    mc = config.model_config()
-    result = train_lm(mc, data.train, data.val, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                      warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio,
-                      betas=(0.9, config.beta2), weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                      eval_every=config.eval_every, eval_windows=config.eval_windows, seed=config.seed,
-                      device=config.device, compile=config.compile, progress=config.steps >= 1000)
+    mc = config.model_config(data.vocab_size)
+    result = config.train(data.vocab_size, data.train, data.val)
     val = full_loss(result.model, data.val, config.device)
     anchor = config.anchor()
     metrics = lm_metrics(result, val, {

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.lm import GPTConfig, word_perplexity
-from simulations.config import ExperimentConfig, check_device, param
-from simulations.lm._common import full_loss, lm_metrics, plot_curves, train_lm, unigram_loss
+from models.lm import word_perplexity
+from simulations.config import param
+from simulations.lm._common import LMConfig, full_loss, lm_metrics, plot_curves, unigram_loss
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -29,36 +29,17 @@ NAME = "lm-wikitext2"
 
 
 @dataclass(frozen=True)
-class Config(ExperimentConfig):
+class Config(LMConfig):
     """Full size: 4 layers × width 128, context 64, batch 16, 600 steps (~0.6M words, 0.29 epochs)."""
 
-    n_layer: int = param(4, "transformer blocks", bounds="[1, 96]")
-    n_head: int = param(4, "attention heads", bounds="[1, 128]")
-    n_embd: int = param(128, "model width", bounds="[8, 8192]")
-    block_size: int = param(64, "context length (words)", bounds="[2, 4096]")
     batch_size: int = param(16, "sequences per step", bounds="[1, 4096]")
-    dropout: float = param(0.0, "dropout probability", bounds="[0, 1)")
     steps: int = param(600, "optimizer steps", bounds="[1, 1e7]")
     lr: float = param(2e-3, "peak learning rate", bounds="(0, 1]")
     warmup_steps: int = param(50, "linear warmup steps", bounds="[0, 1e7]")
-    min_lr_ratio: float = param(0.1, "final lr / peak lr of the cosine decay", bounds="[0, 1]")
-    beta2: float = param(0.99, "AdamW beta2", bounds="[0, 1)")
-    weight_decay: float = param(0.1, "AdamW weight decay (matrices and embeddings)", bounds="[0, 10]")
-    grad_clip: float = param(1.0, "gradient-norm clip (0 = off)", bounds="[0, 1e6]")
     eval_every: int = param(100, "validate every this many steps (on eval_windows windows)", bounds="[0, 1e7]")
     eval_windows: int = param(64, "validation windows used during training (the end uses every window)",
                               bounds="[1, 1e7]")
     test: bool = param(True, "also report test perplexity (every window of the test split)")
-    seed: int = param(0, "seed of the init and of the batch positions", bounds="[0, 4294967295]")
-    device: str = param("cpu", "cpu or cuda[:i]")
-    compile: bool = param(False, "torch.compile the model")
-
-    def check(self) -> None:
-        check_device(self.device)
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be <= steps={self.steps}")
 
     @classmethod
     def smoke(cls) -> Config:
@@ -67,18 +48,10 @@ class Config(ExperimentConfig):
                    lr=1e-2, eval_every=30, eval_windows=64, test=False)
 
     @classmethod
-    def presets(cls):
-        return {**super().presets(), "gpu": cls.gpu}
-
-    @classmethod
     def gpu(cls) -> Config:
         """6×6×384, context 256, batch 64, dropout 0.2, 6,000 steps (~12 epochs); minutes on one GPU."""
         return cls(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, steps=6000,
                    lr=1e-3, warmup_steps=200, eval_every=500, eval_windows=256, device="cuda", compile=True)
-
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=False)
 
 
 def run(config: Config, out_dir: Path) -> dict:
@@ -86,11 +59,7 @@ def run(config: Config, out_dir: Path) -> dict:
 
     data = load_wikitext2()
     mc = config.model_config(data.vocab_size)
-    result = train_lm(mc, data.train, data.val, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                      warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio,
-                      betas=(0.9, config.beta2), weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                      eval_every=config.eval_every, eval_windows=config.eval_windows, seed=config.seed,
-                      device=config.device, compile=config.compile, progress=config.steps >= 500)
+    result = config.train(data.vocab_size, data.train, data.val)
     if config.test:
         val = full_loss(result.model, data.val, config.device)
         test = full_loss(result.model, data.test, config.device)
