@@ -138,15 +138,22 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
 
 
 def plot_curves(ax, curve: list[dict[str, float]], title: str, anchor: float | None = None,
-                anchor_label: str = "") -> None:
-    """Train and validation loss against step, with the external anchor as a horizontal line."""
+                anchor_label: str = "", eval_windows: int | None = None, final: float | None = None,
+                tolerance: float | None = None) -> None:
+    """Train and validation loss against step, the final full-split validation loss as a star, and the external
+    anchor (with its tolerance) as horizontal lines."""
     tr = [(p["step"], p["train_loss"]) for p in curve if "train_loss" in p]
     va = [(p["step"], p["val_loss"]) for p in curve if "val_loss" in p]
     ax.plot(*zip(*tr), label="train (batch)", alpha=0.7)
     if va:
-        ax.plot(*zip(*va), "o-", label="validation")
+        ax.plot(*zip(*va), "o-", label=f"validation (first {eval_windows} windows)" if eval_windows else "validation")
+    if final is not None and tr:
+        ax.plot([tr[-1][0]], [final], "r*", ms=12, label=f"validation, whole split: {final:.3f}")
     if anchor is not None:
         ax.axhline(anchor, color="k", ls=":", label=anchor_label)
+        if tolerance:
+            ax.axhline(anchor * (1 + tolerance), color="k", ls="--", lw=0.8,
+                       label=f"+{tolerance:.0%}: {anchor * (1 + tolerance):.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)

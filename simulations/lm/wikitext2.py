@@ -83,7 +83,7 @@ def run(config: Config, out_dir: Path) -> dict:
     fig, axes = new_figure(1, 1)
     plot_curves(axes[0][0], result.curve, f"GPT {mc.n_layer}L×{mc.n_embd} on WikiText-2 "
                 f"(val ppl {metrics['val_perplexity']:.0f}, {metrics['epochs']:.2f} epochs)",
-                unigram, f"unigram model (ppl {math.exp(unigram):.0f})")
+                unigram, f"unigram model (ppl {math.exp(unigram):.0f})", eval_windows=config.eval_windows, final=val)
     save_figure(fig, out_dir, "wikitext2.png")
     return finalize(out_dir, NAME, config, metrics, claims, seed=config.seed, device=config.device)
 
