@@ -156,7 +156,7 @@ def plot_curves(ax, curve: list[dict[str, float]], title: str, anchor: float | N
                        label=f"+{tolerance:.0%}: {anchor * (1 + tolerance):.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
 
 

@@ -74,7 +74,7 @@ def run(config: Config, out_dir: Path) -> dict:
     })
     fig, axes = new_figure(1, 1)
     plot_curves(axes[0][0], result.curve, f"GPT {mc.n_layer}L×{mc.n_embd} on shakespeare_char "
-                f"(val {val:.3f} = {metrics['val_bits_per_char']:.2f} bits/char)", anchor or 1.88,
+                f"(val {val:.3f}, {metrics['val_bits_per_char']:.2f} bpc)", anchor or 1.88,
                 f"nanoGPT {'at this config' if anchor else 'CPU config'}: {anchor or 1.88}",
                 eval_windows=config.eval_windows, final=val, tolerance=config.tolerance)
     save_figure(fig, out_dir, "shakespeare_char.png")
