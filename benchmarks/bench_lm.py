@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--preset", default=None, help="a GPTConfig preset (default: 6 layers × 384, 6 heads, T=256)")
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the preset's, else 50257)")
     ap.add_argument("--block", type=int, default=None, help="context length (default: the preset's, else 256)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=0, help="steps per window (default 2 on CPU, 20 on CUDA)")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
