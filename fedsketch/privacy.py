@@ -137,12 +137,19 @@ class CappedItems:
 
 
 def cap_items(
-    items: np.ndarray, client_index: np.ndarray | None = None, *, cap: int, seed: int | np.random.Generator
+    items: np.ndarray,
+    client_index: np.ndarray | None = None,
+    *,
+    cap: int,
+    seed: int | np.random.Generator,
+    keys: np.ndarray | None = None,
 ) -> CappedItems:
     """Keep at most ``cap`` items (occurrences) per client, a seeded uniform subsample, in the input order.
 
     ``client_index[i]`` is the client of ``items[i]`` (``None``: all items belong to one client).  This
     enforces the item cap that the sensitivity of ``sketch_sensitivity(depth, item_cap=cap)`` assumes.
+    ``keys`` (one float per item) replaces the seeded uniforms: each client keeps its ``cap`` items with the
+    smallest keys, so a caller with per-client random keys gets the same subsample client by client.
     """
     cap = _check_int("cap", cap)
     it = np.asarray(items)
@@ -154,8 +161,14 @@ def cap_items(
     n = len(it)
     if n == 0:
         return CappedItems(it, ci, 0, 0)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    order = np.lexsort((rng.random(n), ci))  # group by client, random order inside each client
+    if keys is None:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        keys = rng.random(n)
+    else:
+        keys = np.asarray(keys, dtype=np.float64)
+        if keys.shape != it.shape:
+            raise ValueError(f"keys must have the shape of items {it.shape}, got {keys.shape}")
+    order = np.lexsort((keys, ci))  # group by client, random order inside each client
     grouped = ci[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     sizes = np.diff(np.r_[starts, n])
