@@ -149,17 +149,18 @@ def bounded_sum(
     width = sketch.width
     for r in range(sketch.depth):
         b = buckets[r][inverse]
-        s = signs[r][inverse].astype(np.int64)
-        key = ci * width + b
-        order = np.argsort(key, kind="stable")
-        ks = key[order]
-        dup = np.r_[False, ks[1:] == ks[:-1]]
+        # one sorted int64 key per (client, bucket) cell with the item's sign in its lowest bit: a plain sort
+        key = (ci * width + b) << 1
+        key |= signs[r][inverse] > 0
+        key.sort()
+        cell_key = key >> 1
+        dup = cell_key[1:] == cell_key[:-1]
         if not dup.any():  # no collision inside any client: the row is a plain signed count
-            table[r] = np.bincount(b, weights=s, minlength=width).astype(np.int64)
+            table[r] = np.bincount(b, weights=signs[r][inverse], minlength=width).astype(np.int64)
             continue
-        first = np.flatnonzero(~dup)
-        cell = np.clip(np.add.reduceat(s[order], first), -1, 1)
-        table[r] = np.bincount(ks[first] % width, weights=cell, minlength=width).astype(np.int64)
+        first = np.flatnonzero(np.r_[True, ~dup])
+        cell = np.clip(np.add.reduceat((key & 1) * 2 - 1, first), -1, 1)
+        table[r] = np.bincount(cell_key[first] % width, weights=cell, minlength=width).astype(np.int64)
     return table
 
 
