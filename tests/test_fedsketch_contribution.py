@@ -125,3 +125,17 @@ def test_bounded_sum_equals_the_sum_of_per_client_tables(id_range):
 def test_bad_input_names_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cap_items_with_keys_keeps_each_clients_smallest_keys_so_one_client_alone_gets_the_same_subsample():
+    from fedsketch.privacy import cap_items
+
+    items = np.arange(12)
+    clients = np.repeat([0, 1], 6)
+    keys = np.array([5, 1, 4, 0, 3, 2, 0.5, 0.1, 0.9, 0.3, 0.2, 0.8])
+    out = cap_items(items, clients, cap=2, seed=0, keys=keys)
+    np.testing.assert_array_equal(out.items, [1, 3, 7, 10])
+    alone = cap_items(items[6:], cap=2, seed=99, keys=keys[6:])
+    np.testing.assert_array_equal(alone.items, [7, 10])
+    with pytest.raises(ValueError, match="keys must have the shape"):
+        cap_items(items, clients, cap=2, seed=0, keys=keys[:3])
