@@ -32,6 +32,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	# import layering (pyproject [tool.importlinter]); this checkout's packages first on the path
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

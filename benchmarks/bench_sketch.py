@@ -105,7 +105,7 @@ def run(n_items: int, repeats: int) -> list[tuple[str, float, float, str]]:
 
 
 def reference_errors(seeds: int = 5) -> str:
-    """The issue's reference simulation: d = 20,000, R = 5, W = 256, 2,000 items per round, mean l_inf count error
+    """The multi-round reference simulation: d = 20,000, R = 5, W = 256, 2,000 items per round, mean l_inf count error
     over `seeds` seeds, for every estimator, homogeneous and heterogeneous Zipf(1.1)."""
     from fedsketch import linf_error, multiround_estimate, round_sketch, synthetic_instance
 
@@ -140,7 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=10**7)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--reference", action="store_true", help="also print the issue's reference error table")
+    ap.add_argument("--reference", action="store_true", help="also print the multi-round reference error table")
     ap.add_argument("--markdown", default=None, help="append the table (with the command and machine) to this file")
     args = ap.parse_args()
     if args.items < 10**6 or args.repeats < 1:

@@ -40,6 +40,8 @@ def _check(tables: Sequence[ArrayLike], seeds: Sequence[int], need: int) -> list
         raise ValueError("tables must hold at least one round's table, got 0")
     if len(seeds) < need:
         raise ValueError(f"seeds must hold at least {need} seed(s) for {len(tables)} round(s), got {len(seeds)}")
+    if len(seeds) not in (need, len(tables)):  # an extra seed means a round is missing: never ignore it
+        raise ValueError(f"seeds must hold one seed per round ({len(tables)}), got {len(seeds)}")
     return [np.asarray(t) for t in tables]
 
 
@@ -184,8 +186,9 @@ def multiround_estimate(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "shared":
-        if len(seeds) < 1:
-            raise ValueError("seeds must hold at least 1 seed for method='shared', got 0")
+        if len(seeds) not in (1, len(tables)):
+            raise ValueError(f"seeds must hold the shared seed or one seed per round ({len(tables)}) for "
+                             f"method='shared', got {len(seeds)}")
         return shared_hash_estimate(tables, seeds[0], depth, width, ids, domain=domain, decode=decode)
     fn = {"hybrid": hybrid_estimate, "pooled": pooled_estimate, "shared_buckets": shared_bucket_estimate}[method]
     return fn(tables, seeds, depth, width, ids, domain=domain, decode=decode)

@@ -1,12 +1,15 @@
 """Distributed differential privacy for summed count sketches: integer noise shares, sensitivity, accounting.
 
 Threat model and guarantee (what every number in this module means):
-- **Protected unit:** one client's whole contribution to a round, i.e. its (capped) items; this is user-level
+- **Protected unit:** one client's whole contribution to a round, i.e. its (bounded) items; this is user-level
   privacy when one client is one user.  Neighbouring datasets differ by adding or removing one client
   (``neighbouring="replace"`` doubles the sensitivity, by the triangle inequality).
 - **Adversary:** an honest-but-curious server that sees only the output of secure summation, i.e. the sum of
-  the clients' sketches plus the sum of their noise shares.  Clients follow the protocol; a coalition of
-  clients that subtracts its own shares sees less noise than claimed (not covered).
+  the clients' sketches plus the sum of their noise shares.  Clients follow the protocol.  A server colluding
+  with c clients can subtract their shares: with n survivors and shares sized for ``num_clients`` = n_min the
+  guarantee still holds while n - c >= n_min; beyond that it sees less noise than claimed.  The shares must be
+  secret from the server: draw them with ``secure_mode=True`` (a seeded generator whose seed the server knows or
+  chose lets it subtract the noise).
 - **Mechanism:** each of ``num_clients`` clients adds an integer noise share to every entry so the *sum*
   of shares has the target law, Skellam (Agarwal, Kairouz, Liu, NeurIPS 2021) or a sum of discrete Gaussians
   (Kairouz, Liu, Steinke, ICML 2021).  Shares are sized for ``num_clients`` = the minimum number of survivors:
@@ -18,9 +21,13 @@ Threat model and guarantee (what every number in this module means):
   parallel (the guarantee of one round); clients that take part in every round compose sequentially (RDP
   adds over rounds).
 
-Sensitivity of one client's sketch: one item changes R entries (one per row) by +-1, so with at most m
-items per client ``Delta1 = m R`` and ``Delta2 = m sqrt(R)`` (tight: m copies of one item).  The cap m is
-enforced by ``cap_items``, which subsamples a client's excess items and counts what it dropped.
+Sensitivity of one client's sketch (``sketch_sensitivity``), for a cap of m items and R rows:
+- ``contribution="distinct"`` (frequency estimation counts a user at most once per item, as TFF's heavy hitters do
+  without ``multi_contribution``): the client encodes at most m *distinct* items and its table is bounded cell by
+  cell to [-1, 1] (``fedsketch.contribution``).  Each row then has at most m nonzero cells of size 1, so
+  ``Delta1 <= m R`` and ``Delta2 <= sqrt(m R)`` for *every* input, by construction.
+- ``contribution="occurrences"``: the client encodes up to m occurrences (``cap_items``) and the table is not
+  bounded further; m copies of one item reach ``Delta1 = m R`` and ``Delta2 = m sqrt(R)`` (the worst case).
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ import numpy as np
 #: Integer RDP orders.  Both source formulas are evaluated at integer orders (the reference code casts
 #: them with ``int``), so the grid is integers only.
 ORDERS: tuple[int, ...] = (*range(2, 65), 72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
+
+#: Largest sum variance a mechanism accepts: numpy's Poisson sampler needs lam < ~9e18 and the int64 sums of
+#: shares must not overflow; 1e15 is a standard deviation of ~3e7 per entry, far beyond any useful calibration.
+MAX_VARIANCE = 1e15
 
 Composition = Literal["disjoint", "repeated"]
 RngLike = np.random.Generator | int | None
@@ -87,21 +98,32 @@ class Sensitivity:
             raise ValueError(f"l2 must be <= l1 for integer vectors, got l1={self.l1}, l2={self.l2}")
 
 
+CONTRIBUTIONS = ("distinct", "occurrences")
+
+
 def sketch_sensitivity(
-    depth: int, item_cap: int = 1, neighbouring: Literal["add_remove", "replace"] = "add_remove"
+    depth: int,
+    item_cap: int = 1,
+    neighbouring: Literal["add_remove", "replace"] = "add_remove",
+    contribution: Literal["distinct", "occurrences"] = "occurrences",
 ) -> Sensitivity:
     """Sensitivity of a client's count sketch with ``depth`` rows and at most ``item_cap`` items.
 
-    Each item adds +-1 to one entry per row, so m items change at most ``m R`` entries' worth of L1 and,
-    in the worst case of m copies of one item, ``m sqrt(R)`` of L2.  ``replace`` (one client swapped for
-    another) doubles both by the triangle inequality: two distinct items can collide with opposite signs.
+    ``contribution="occurrences"`` (the default: it holds for any table of at most m item occurrences): each item
+    adds +-1 to one entry per row, so m items give ``Delta1 = m R`` and, for m copies of one item,
+    ``Delta2 = m sqrt(R)``.  ``"distinct"``: the table of at most m distinct items bounded to cells in [-1, 1]
+    (``fedsketch.contribution.bound_cells``) has at most m unit cells per row: ``Delta1 = m R``,
+    ``Delta2 = sqrt(m R)``.  ``replace`` (one client swapped for another) doubles both by the triangle inequality.
     """
     r = _check_int("depth", depth)
     m = _check_int("item_cap", item_cap)
     if neighbouring not in ("add_remove", "replace"):
         raise ValueError(f"neighbouring must be 'add_remove' or 'replace', got {neighbouring!r}")
+    if contribution not in CONTRIBUTIONS:
+        raise ValueError(f"contribution must be one of {CONTRIBUTIONS}, got {contribution!r}")
     factor = 2 if neighbouring == "replace" else 1
-    return Sensitivity(l1=float(factor * m * r), l2=float(factor * m * math.sqrt(r)))
+    l2 = math.sqrt(m * r) if contribution == "distinct" else m * math.sqrt(r)
+    return Sensitivity(l1=float(factor * m * r), l2=float(factor * l2))
 
 
 @dataclass(frozen=True)
@@ -115,12 +137,19 @@ class CappedItems:
 
 
 def cap_items(
-    items: np.ndarray, client_index: np.ndarray | None = None, *, cap: int, seed: int | np.random.Generator
+    items: np.ndarray,
+    client_index: np.ndarray | None = None,
+    *,
+    cap: int,
+    seed: int | np.random.Generator,
+    keys: np.ndarray | None = None,
 ) -> CappedItems:
     """Keep at most ``cap`` items (occurrences) per client, a seeded uniform subsample, in the input order.
 
     ``client_index[i]`` is the client of ``items[i]`` (``None``: all items belong to one client).  This
     enforces the item cap that the sensitivity of ``sketch_sensitivity(depth, item_cap=cap)`` assumes.
+    ``keys`` (one float per item) replaces the seeded uniforms: each client keeps its ``cap`` items with the
+    smallest keys, so a caller with per-client random keys gets the same subsample client by client.
     """
     cap = _check_int("cap", cap)
     it = np.asarray(items)
@@ -132,8 +161,14 @@ def cap_items(
     n = len(it)
     if n == 0:
         return CappedItems(it, ci, 0, 0)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    order = np.lexsort((rng.random(n), ci))  # group by client, random order inside each client
+    if keys is None:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        keys = rng.random(n)
+    else:
+        keys = np.asarray(keys, dtype=np.float64)
+        if keys.shape != it.shape:
+            raise ValueError(f"keys must have the shape of items {it.shape}, got {keys.shape}")
+    order = np.lexsort((keys, ci))  # group by client, random order inside each client
     grouped = ci[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     sizes = np.diff(np.r_[starts, n])
@@ -196,7 +231,15 @@ def rdp_to_epsilon(orders: np.ndarray | tuple[int, ...], rdp: np.ndarray, delta:
     """(eps, delta) from an RDP curve, by dp_accounting's conversion (Canonne-Kamath-Steinke 2020, Prop. 12)."""
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
-    eps, _ = compute_epsilon(list(np.asarray(orders, dtype=np.float64)), list(np.asarray(rdp)), _check_delta(delta))
+    o = np.asarray(orders, dtype=np.float64)
+    r = np.asarray(rdp, dtype=np.float64)
+    if o.ndim != 1 or r.shape != o.shape or o.size == 0:
+        raise ValueError(f"rdp must be a 1-d curve with one value per order ({o.shape}), got shape {r.shape}")
+    if not (np.all(np.isfinite(o)) and np.all(o > 1)):
+        raise ValueError(f"orders must be finite numbers > 1, got {o.tolist()}")
+    if np.any(np.isnan(r)) or np.any(r < 0):
+        raise ValueError("rdp must hold non-negative numbers (inf allowed, NaN not), got " + str(r[:8].tolist()))
+    eps, _ = compute_epsilon(list(o), list(r), _check_delta(delta))
     return float(eps)
 
 
@@ -236,7 +279,11 @@ class DistributedNoise(ABC):
 
     def __post_init__(self) -> None:
         _check_positive("variance", self.variance)
+        if self.variance > MAX_VARIANCE:
+            raise ValueError(f"variance must be in (0, {MAX_VARIANCE:.0e}] (int64 noise draws), got {self.variance!r}")
         _check_int("num_clients", self.num_clients)
+        if not isinstance(self.secure_mode, bool):
+            raise ValueError(f"secure_mode must be a bool, got {self.secure_mode!r}")
 
     @abstractmethod
     def rdp(self, sensitivity: Sensitivity, dim: int | None = None, orders: tuple[int, ...] = ORDERS) -> np.ndarray:
@@ -322,9 +369,17 @@ class SkellamNoise(DistributedNoise):
 
     def sum_noise(self, shape: int | tuple[int, ...], rng: RngLike = None) -> np.ndarray:
         """The sum of ``num_clients`` shares drawn directly (same law: Skellam(variance)), for fast simulation."""
+        return self.shares_sum(self.num_clients, shape, rng)
+
+    def shares_sum(self, n: int, shape: int | tuple[int, ...], rng: RngLike = None) -> np.ndarray:
+        """The sum of ``n`` clients' shares in one draw: Skellam with ``n`` times a share's variance.
+
+        A sum of independent Skellams is Skellam with the summed variance, so this has exactly the law of
+        ``clients_noise(n, shape).sum(0)`` (``n`` survivors of shares sized for ``num_clients``)."""
+        n = _check_int("n", n)
         gen = _generator(rng, self.secure_mode)
         s = _shape(shape)
-        lam = self.variance / 2
+        lam = n * self.variance / (2 * self.num_clients)
         return gen.poisson(lam, s).astype(np.int64) - gen.poisson(lam, s).astype(np.int64)
 
 
@@ -401,9 +456,9 @@ def calibrate(
 
     lo, hi = 1e-6, 1.0
     while eps(hi) > target:
-        lo, hi = hi, hi * 16
-        if hi > 1e40:
-            raise ValueError(f"target_epsilon={target} is not reachable with variance <= 1e40")
+        if hi >= MAX_VARIANCE:
+            raise ValueError(f"target_epsilon={target} is not reachable with variance <= {MAX_VARIANCE:.0e}")
+        lo, hi = hi, min(hi * 16, MAX_VARIANCE)
     if eps(lo) <= target:
         return lo
     while hi / lo > 1 + rtol:

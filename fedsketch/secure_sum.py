@@ -46,6 +46,10 @@ _PAIR, _SELF, _GRAPH = 0, 1, 2  # spawn-key tags that keep the derived key strea
 _PRGS = {"sfc64": np.random.SFC64, "philox": np.random.Philox}
 
 
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer)
+
+
 def _check_bits(modulus_bits: int) -> int:
     if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int | np.integer):
         raise ValueError(f"modulus_bits must be an int in [{MIN_MODULUS_BITS}, {MAX_MODULUS_BITS}], got {modulus_bits!r}")
@@ -151,10 +155,13 @@ class InProcessSecureSum(SecureSum):
 
     Args:
         modulus_bits: k, the sum lives in Z_{2^k}; in [8, 62].
-        seed: master seed of all pairwise/self keys and of the masking graph.
+        seed: master seed of all pairwise/self keys and of the masking graph.  **The object holds it**, so it can
+            unmask every client: it simulates the protocol's cost and exactness (what the server sees), it is not
+            a trust boundary.
         neighbours: degree of the masking graph (even; rounded up).  ``None`` -> ``2 * ceil(log2 n)``;
             ``>= n - 1`` -> every pair (the original Bonawitz protocol).
-        min_survivors: the round aborts (``SecureSumAborted``) when fewer clients survive.
+        min_survivors: the round aborts (``SecureSumAborted``) when fewer clients survive; at least 2 (the sum of
+            one survivor is its own vector).  Set it to the noise floor a DP calibration assumes.
         self_masks: add Bonawitz' self masks b_i (protect a late upload of a client declared dropped).
         prg: the generator that expands a key into a mask: ``"sfc64"`` (default, ~2.7x faster) or
             ``"philox"`` (counter-based Philox-4x64-10).  Neither is a cryptographic PRG; a deployment
@@ -171,22 +178,25 @@ class InProcessSecureSum(SecureSum):
         seed: int = 0,
         *,
         neighbours: int | None = None,
-        min_survivors: int = 1,
+        min_survivors: int = 2,
         self_masks: bool = True,
         prg: str = "sfc64",
     ) -> None:
         self.modulus_bits = _check_bits(modulus_bits)
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if neighbours is not None and neighbours < 2:
-            raise ValueError(f"neighbours must be >= 2 (or None for 2*ceil(log2 n)), got {neighbours}")
-        if min_survivors < 1:
-            raise ValueError(f"min_survivors must be >= 1, got {min_survivors}")
+        if neighbours is not None and (not _is_int(neighbours) or neighbours < 2):
+            raise ValueError(f"neighbours must be an integer >= 2 (or None for 2*ceil(log2 n)), got {neighbours!r}")
+        if not _is_int(min_survivors) or min_survivors < 2:
+            raise ValueError(f"min_survivors must be an integer >= 2 (one survivor's sum is its vector), got "
+                             f"{min_survivors!r}")
+        if not isinstance(self_masks, bool):
+            raise ValueError(f"self_masks must be a bool, got {self_masks!r}")
         if prg not in _PRGS:
             raise ValueError(f"prg must be one of {sorted(_PRGS)}, got {prg!r}")
         self.prg = prg
         self.seed = int(seed)
-        self.neighbours = neighbours
+        self.neighbours = None if neighbours is None else int(neighbours)
         self.min_survivors = int(min_survivors)
         self.self_masks = bool(self_masks)
         self.rounds_done = 0
@@ -331,8 +341,8 @@ class InProcessSecureSum(SecureSum):
         if reject_invalid and bound is None:
             raise ValueError("reject_invalid=True needs a public bound (bound >= 0)")
         if bound is not None:
-            if bound < 0:
-                raise ValueError(f"bound must be >= 0, got {bound}")
+            if not _is_int(bound) or bound < 0:
+                raise ValueError(f"bound must be an integer >= 0, got {bound!r}")
             flat = x.reshape(n, -1)
             his, los = flat.max(axis=1).tolist(), flat.min(axis=1).tolist()  # exact Python ints
             bad = [i for i in range(n) if his[i] > bound or los[i] < -bound]
@@ -351,7 +361,10 @@ class InProcessSecureSum(SecureSum):
 
     @staticmethod
     def _validate_dropped(dropped: Sequence[int], n: int) -> np.ndarray:
-        d = np.unique(np.asarray(list(dropped), dtype=np.int64))
+        raw = np.asarray(list(dropped))
+        if raw.size and (raw.dtype == np.bool_ or not np.issubdtype(raw.dtype, np.integer)):
+            raise ValueError(f"dropped must hold integer client indices in [0, {n}), got {list(dropped)!r}")
+        d = np.unique(raw.astype(np.int64))
         if d.size and (d[0] < 0 or d[-1] >= n):
             raise ValueError(f"dropped must hold client indices in [0, {n}), got {d.tolist()}")
         return d

@@ -215,14 +215,23 @@ class CountSketch:
 
     # ---------------------------------------------------------------- decode
     def check_table(self, table: ArrayLike, name: str = "table") -> np.ndarray:
-        """Validate a (R, W) integer or float table and return it as an array."""
+        """Validate a (R, W) signed-integer or finite float table and return it as an array.
+
+        Unsigned tables are refused: a sketch holds signed counts, so an unsigned table is almost always ring
+        residues of a secure sum (lift them with `fedsketch.secure_sum.from_ring` first) and would decode wrongly.
+        """
         arr = np.asarray(table)
         if arr.shape != self.shape:
             raise ValueError(f"{name} must have shape (depth, width) = {self.shape}, got {arr.shape}")
+        if np.issubdtype(arr.dtype, np.unsignedinteger):
+            raise ValueError(f"{name} must have a signed integer or float dtype, got {arr.dtype} (secure-sum residues? "
+                             "lift them with fedsketch.secure_sum.from_ring)")
         if arr.dtype == np.bool_ or not (
-            np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+            np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating)
         ):
-            raise ValueError(f"{name} must have an integer (or real float) dtype, got {arr.dtype}")
+            raise ValueError(f"{name} must have a signed integer (or real float) dtype, got {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must hold finite values, got NaN or inf")
         return arr
 
     def _decode_ids(self, ids: ArrayLike | None) -> np.ndarray:

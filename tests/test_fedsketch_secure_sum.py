@@ -125,6 +125,9 @@ def test_public_bound_rejects_a_client_outside_it():
         ({"modulus_bits": 63}, None, "modulus_bits"),
         ({"neighbours": 1}, None, "neighbours"),
         ({"min_survivors": 0}, None, "min_survivors"),
+        ({"min_survivors": 1}, None, "min_survivors"),
+        ({"min_survivors": 1.5}, None, "min_survivors"),
+        ({"neighbours": 2.5}, None, "neighbours"),
         ({"prg": "mt19937"}, None, "prg"),
         ({}, np.ones((3, 4), dtype=np.float64), "dtype"),
         ({}, np.ones((3, 4), dtype=bool), "dtype"),
@@ -200,8 +203,9 @@ def test_property_sum_is_exact_over_survivors(bits, n, length, seed, neighbours,
     alive[drop] = False
     try:
         res = ss.sum(x, dropped=drop)
-    except SecureSumAborted:  # a sparse ring split by the dropouts: refusing is the correct outcome
-        assert neighbours == 2 or len(drop) >= 2
+    except SecureSumAborted:  # a lone survivor, or a sparse ring split by the dropouts: refusing is correct
+        assert alive.sum() < 2 or neighbours == 2 or len(drop) >= 2
         return
+    assert alive.sum() >= 2  # a single survivor's "sum" is its own vector: never released
     np.testing.assert_array_equal(res.total, x[alive].sum(axis=0))
     assert res.n_survivors == int(alive.sum())

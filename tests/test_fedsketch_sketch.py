@@ -160,9 +160,9 @@ def test_bad_items_counts_and_tables_are_rejected():
         cs.decode(np.zeros((5, 64), dtype=np.int64), np.array([100]))
     with pytest.raises(ValueError, match=r"table must have shape \(depth, width\) = \(5, 64\)"):
         cs.decode(np.zeros((5, 63), dtype=np.int64))
-    with pytest.raises(ValueError, match="table must have an integer"):
+    with pytest.raises(ValueError, match="table must have a signed integer"):
         cs.decode(np.zeros((5, 64), dtype=np.complex128))
-    with pytest.raises(ValueError, match="table must have an integer"):
+    with pytest.raises(ValueError, match="table must have a signed integer"):
         cs.decode(np.zeros((5, 64), dtype=bool))
     with pytest.raises(ValueError, match="method must be one of"):
         cs.decode(np.zeros((5, 64), dtype=np.int64), method="max")

@@ -1,7 +1,10 @@
 """The same apps on Flower's deployment engine: one SuperLink, three SuperNodes, `flwr run` (slow: minutes).
 
-Runs the commands the README documents, with private ports and a private FLWR_HOME, and checks that the
-ServerApp wrote an exact result. Every process started here is stopped by its pid.
+Runs the commands docs/flower.md documents, with private ports and a private FLWR_HOME, and checks that the
+ServerApp wrote an exact result. The nodes are configured for the evaluation oracle (``answer-oracle=true``, a
+folder for their noise shares), which the run config asks for (``oracle = true``): a simulation-only check that the
+released sums are the survivors' tables plus their own noise, to the integer. Every process started here is
+stopped by its pid.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ packages = ["ffe_flower_app"]
 publisher = "toolkit"
 
 [tool.flwr.app.components]
-serverapp = "simulations.flower.server_app:app"
+serverapp = "simulations.flower.deployment:app"
 clientapp = "simulations.flower.client_app:app"
 
 [tool.flwr.app.config]
@@ -46,6 +49,9 @@ rounds = 2
 width = 256
 secagg = true
 epsilon = 8.0
+delta = 1e-5
+oracle = true
+oracle-noise-dir = "{noise}"
 out-dir = "{out}"
 """
 
@@ -66,10 +72,11 @@ def test_apps_run_on_superlink_and_supernodes(tmp_path):
     if not (bindir / "flower-superlink").exists() or shutil.which("flower-superexec", path=str(bindir)) is None:
         pytest.skip("flower-superlink / flower-superexec not installed beside this Python")
     port = 18000
-    home, app, out = tmp_path / "flwr", tmp_path / "app", tmp_path / "out"
+    home, app, out, noise = tmp_path / "flwr", tmp_path / "app", tmp_path / "out", tmp_path / "noise"
     (app / "ffe_flower_app").mkdir(parents=True)
+    noise.mkdir()
     (app / "ffe_flower_app" / "__init__.py").write_text("")
-    (app / "pyproject.toml").write_text(_APP_TOML.format(out=out))
+    (app / "pyproject.toml").write_text(_APP_TOML.format(out=out, noise=noise))
     home.mkdir()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -87,13 +94,14 @@ def test_apps_run_on_superlink_and_supernodes(tmp_path):
         time.sleep(5)
         for i in range(3):
             start(str(bindir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                  "--port", str(19094 + i), "--node-config", f"partition-id={i}", log=f"node{i}.log")
+                  "--port", str(19094 + i), "--node-config",
+                  f'partition-id={i} answer-oracle=true oracle-noise-dir="{noise}"', log=f"node{i}.log")
         run = subprocess.run([str(bindir / "flwr"), "run", str(app), "test", "--stream"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=800)
         assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     finally:
         _stop(procs)
     result = json.loads((out / "result.json").read_text())
-    assert result["metrics"]["rounds_completed"] == 2
+    assert result["metrics"]["rounds_released"] == 2
     assert result["metrics"]["sum_max_abs_diff_vs_inprocess"] == 0
     assert abs(result["privacy_report"]["epsilon"] - 8.0) < 1e-3

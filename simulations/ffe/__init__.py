@@ -1,4 +1,4 @@
-"""ffe experiments: federated frequency estimation with count sketches (issue 2, Part 3)."""
+"""ffe experiments: federated frequency estimation with count sketches (Wu, Zhu, Kairouz, Braverman, NeurIPS 2023)."""
 
 # name -> module that registers it (imported only when the experiment runs)
 EXPERIMENTS: dict[str, str] = {

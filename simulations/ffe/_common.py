@@ -21,18 +21,6 @@ INSTANCE_KINDS = ("homogeneous", "heterogeneous", "shakespeare")
 ESTIMATORS = ("hybrid", "shared", "pooled", "count_mean")
 
 
-def check_range(name: str, value: float, lo: float, hi: float) -> None:
-    """ValueError naming `name` unless value is a number with lo <= value <= hi."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-
-
-def check_int(name: str, value: int, lo: int, hi: int) -> None:
-    """ValueError naming `name` unless value is an integer with lo <= value <= hi."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
 def hash_seeds(master: int, n: int) -> list[int]:
     """`n` independent 32-bit hash seeds derived from `master` (one per round)."""
     ss = np.random.SeedSequence(master)

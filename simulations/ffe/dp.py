@@ -24,9 +24,8 @@ from tqdm import tqdm
 from fedsketch.hybrid import multiround_estimate
 from fedsketch.metrics import linf_error
 from fedsketch.privacy import SkellamNoise, sketch_sensitivity
+from simulations.config import ExperimentConfig, param
 from simulations.ffe._common import (
-    check_int,
-    check_range,
     encode_rounds,
     hash_seeds,
     summarize,
@@ -39,33 +38,22 @@ NAME = "ffe-dp"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     """Full size: homogeneous Zipf(1.1), d = 20,000, M = 16 rounds of 2,000 clients, R = 5, W = 1024."""
 
-    d: int = 20_000
-    depth: int = 5
-    width: int = 1024
-    rounds: int = 16
-    clients_per_round: int = 2_000
-    zipf_s: float = 1.1
-    epsilons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
-    delta: float = 1e-5
-    seeds: int = 20
-    seed: int = 0
+    d: int = param(20_000, "domain size (distinct items)", bounds="[16, 1e7]")
+    depth: int = param(5, "sketch depth R", bounds="[1, 64]")
+    width: int = param(1024, "sketch width W", bounds="[2, 16777216]")
+    rounds: int = param(16, "rounds M (disjoint cohorts)", bounds="[1, 10000]")
+    clients_per_round: int = param(2_000, "clients per round, one item each", bounds="[1, 1e8]")
+    zipf_s: float = param(1.1, "Zipf exponent", bounds="[0, 10]")
+    epsilons: tuple[float, ...] = param((0.5, 1.0, 2.0, 4.0, 8.0), "epsilons to sweep (strictly increasing)",
+                                        bounds="(0, 100]", nonempty=True)
+    delta: float = param(1e-5, "delta of the (epsilon, delta) guarantee", bounds="(0, 1)")
+    seeds: int = param(20, "data/hash/noise seeds per epsilon", bounds="[1, 10000]")
+    seed: int = param(0, "master seed", bounds="[0, 4294967295]")
 
-    def __post_init__(self) -> None:
-        check_int("d", self.d, 16, 10**7)
-        check_int("depth", self.depth, 1, 64)
-        check_int("width", self.width, 2, 1 << 24)
-        check_int("rounds", self.rounds, 1, 10_000)
-        check_int("clients_per_round", self.clients_per_round, 1, 10**8)
-        check_range("zipf_s", self.zipf_s, 0.0, 10.0)
-        check_int("seeds", self.seeds, 1, 10_000)
-        check_int("seed", self.seed, 0, 2**32 - 1)
-        if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
-        if not self.epsilons or any(not 0.0 < e <= 100.0 for e in self.epsilons):
-            raise ValueError(f"epsilons must be a non-empty tuple of values in (0, 100], got {self.epsilons!r}")
+    def check(self) -> None:
         if list(self.epsilons) != sorted(set(self.epsilons)):
             raise ValueError(f"epsilons must be strictly increasing, got {self.epsilons!r}")
 

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from fedsketch.instances import synthetic_instance
 from fedsketch.metrics import linf_error
 from fedsketch.sizing import TwoPhaseSizer
-from simulations.ffe._common import check_int, summarize
+from simulations.config import ExperimentConfig, param
+from simulations.ffe._common import summarize
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -40,7 +41,7 @@ def _law(name: str) -> tuple[str, float]:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     """Full size: d = 20,000, 8 rounds of 4,000 clients (one item each), target l_inf = 0.0005 (frequency).
 
     R = 15 rows (about 1.5 ln d): the sizer's rule predicts the error from the tail norm, which is what the
@@ -51,43 +52,28 @@ class Config:
     small-width estimates do not enter the final estimate).
     """
 
-    d: int = 20_000
-    depth: int = 15
-    rounds: int = 8
-    phase1_rounds: int = 1
-    phase1_width: int = 256
-    clients_per_round: int = 4_000
-    target_error: float = 0.0005
-    instances: tuple[str, ...] = INSTANCES
-    light_tailed: tuple[str, ...] = ("near_sparse", "zipf-1.5")
-    max_width: int = 1 << 16
-    combine: str = "reencode"
-    predictor: str = "simulate"
-    seeds: int = 10
-    seed: int = 0
+    d: int = param(20_000, "domain size", bounds="[16, 1e7]")
+    depth: int = param(15, "sketch depth R", bounds="[1, 64]")
+    rounds: int = param(8, "rounds M (phase 1 + phase 2)", bounds="[2, 10000]")
+    phase1_rounds: int = param(1, "rounds spent on the phase-1 sketch (< rounds)", bounds="[1, 9999]")
+    phase1_width: int = param(256, "phase-1 sketch width W1", bounds="[2, 16777216]")
+    clients_per_round: int = param(4_000, "clients per round, one item each", bounds="[1, 1e8]")
+    target_error: float = param(0.0005, "target l_inf error on the frequency scale", bounds="(0, 1)")
+    instances: tuple[str, ...] = param(INSTANCES, "instances: near_sparse, uniform or zipf-<s>", nonempty=True)
+    light_tailed: tuple[str, ...] = param(("near_sparse", "zipf-1.5"), "instances held to the light-tail claim")
+    max_width: int = param(1 << 16, "largest phase-2 width the sizer may pick", bounds="[16, 16777216]")
+    combine: str = param("reencode", "how phase-1 rounds enter the estimate", choices=("reencode", "phase2", "all"))
+    predictor: str = param("simulate", "the sizer's error predictor", choices=("simulate", "analytic"))
+    seeds: int = param(10, "seeds per instance", bounds="[1, 10000]")
+    seed: int = param(0, "master seed", bounds="[0, 4294967295]")
 
-    def __post_init__(self) -> None:
-        check_int("d", self.d, 16, 10**7)
-        check_int("depth", self.depth, 1, 64)
-        check_int("rounds", self.rounds, 2, 10_000)
-        check_int("phase1_rounds", self.phase1_rounds, 1, self.rounds - 1)
-        check_int("phase1_width", self.phase1_width, 2, 1 << 24)
-        check_int("clients_per_round", self.clients_per_round, 1, 10**8)
-        check_int("max_width", self.max_width, 16, 1 << 24)
-        check_int("seeds", self.seeds, 1, 10_000)
-        check_int("seed", self.seed, 0, 2**32 - 1)
-        if not 0.0 < self.target_error < 1.0:
-            raise ValueError(f"target_error must be in (0, 1) (frequency scale), got {self.target_error!r}")
+    def check(self) -> None:
+        if self.phase1_rounds >= self.rounds:
+            raise ValueError(f"phase1_rounds must be in [1, rounds - 1 = {self.rounds - 1}], got {self.phase1_rounds}")
         for field_name, names in (("instances", self.instances), ("light_tailed", self.light_tailed)):
             bad = [n for n in names if n not in ("near_sparse", "uniform") and not _is_zipf(n)]
             if bad:
                 raise ValueError(f"{field_name} must name near_sparse, uniform or zipf-<s> (s in [0, 10]), got {bad}")
-        if self.combine not in ("reencode", "phase2", "all"):
-            raise ValueError(f"combine must be one of ['reencode', 'phase2', 'all'], got {self.combine!r}")
-        if self.predictor not in ("simulate", "analytic"):
-            raise ValueError(f"predictor must be 'simulate' or 'analytic', got {self.predictor!r}")
-        if not self.instances:
-            raise ValueError("instances must name at least one instance, got ()")
 
     @classmethod
     def smoke(cls) -> Config:

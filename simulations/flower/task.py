@@ -1,174 +1,142 @@
-"""The shared task of the federated frequency-estimation app: what a round asks of a client, and what it returns.
+"""The shared task: a client's items, the items it may contribute, its bounded table, its noise share, the checks.
 
-Both sides import this module (as in Flower's ``task.py`` examples): the server turns a `RoundSpec` into the
-fit config it ships, the client parses it back (unknown keys are errors), loads its own items, encodes them with
-`fedsketch.CountSketch`, adds its share of distributed DP noise, and checks the table against the agreed bound
-*before* masking. The in-process backend and the evaluation oracle call the very same functions, so the three
-paths cannot drift apart.
+Both sides import this module (as in Flower's ``task.py`` examples). The ClientApp calls the per-client functions for
+its own partition; the in-process backend and the evaluation oracle call the vectorized cohort functions, which give,
+client by client, the same items and tables (tests check it), so the paths cannot drift apart.
+
+Contribution bounding (`fedsketch.contribution`): with ``contribution="distinct"`` a client encodes its m most
+frequent distinct items and bounds every cell to [-1, 1], so Delta1 <= m R and Delta2 <= sqrt(m R) for any data;
+with ``"occurrences"`` it encodes up to m occurrences (a uniform subsample keyed by the round's hash seed) and the
+worst case Delta2 = m sqrt(R) applies.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
-DATASETS = ("shakespeare", "zipf")
+from simulations.flower.settings import DataSpec, RoundSpec, shakespeare
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """Where a client's items come from: a Shakespeare speaking role, or a synthetic Zipf(s) client."""
-
-    dataset: str = "shakespeare"
-    zipf_s: float = 1.1
-    zipf_d: int = 10_000
-    zipf_items: int = 100
-    data_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if not self.zipf_s > 0:
-            raise ValueError(f"zipf_s must be > 0, got {self.zipf_s}")
-        if not 2 <= self.zipf_d <= 2**30:
-            raise ValueError(f"zipf_d must be in [2, 2^30], got {self.zipf_d}")
-        if not 1 <= self.zipf_items <= 10**7:
-            raise ValueError(f"zipf_items must be in [1, 10^7], got {self.zipf_items}")
-
-    @property
-    def domain(self) -> int:
-        """d, the number of item ids."""
-        return _shakespeare().d if self.dataset == "shakespeare" else self.zipf_d
-
-    @property
-    def max_clients(self) -> int:
-        """How many distinct clients the data holds (unbounded for synthetic data)."""
-        return _shakespeare().n_clients if self.dataset == "shakespeare" else 2**40
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on uint64 (wrapping arithmetic): a fast, well-mixed hash of counters."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
 
 
-@dataclass(frozen=True)
-class RoundSpec:
-    """Everything a client needs for one round, shipped in the fit config (kebab-case keys on the wire)."""
-
-    round: int
-    seed: int
-    """Hash seed of this round's sketch (fresh per round: the hybrid sketch)."""
-    depth: int
-    width: int
-    bound: int
-    """Agreed per-entry bound: a table with |entry| > bound is refused by its own client."""
-    item_cap: int
-    """Per-client item cap: a client contributes at most this many items per round (its first ones)."""
-    noise_var: float
-    """Variance per entry of the *sum* of the noise shares (Skellam; 0 = no DP)."""
-    noise_clients: int
-    """The share count the noise is split into (the fewest survivors it is calibrated for)."""
-    noise_seed: int
-    dataset: str
-    zipf_s: float
-    zipf_d: int
-    zipf_items: int
-    data_seed: int
-    drop: bool = False
-    """Dropout injection: this client fails mid-round (after SecAgg+ key sharing), as a crashed device would."""
-
-    def to_config(self) -> dict[str, Any]:
-        """The flat fit config (Flower `ConfigRecord` values: int, float, str, bool)."""
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> RoundSpec:
-        """Parse a fit config; an unknown or missing key is a ValueError (never silently ignored)."""
-        known = {f.name.replace("_", "-"): f.name for f in fields(cls)}
-        unknown = sorted(set(config) - set(known))
-        if unknown:
-            raise ValueError(f"unknown fit config keys {unknown}; known: {sorted(known)}")
-        required = {k for k, name in known.items() if name != "drop"}
-        missing = sorted(required - set(config))
-        if missing:
-            raise ValueError(f"fit config is missing keys {missing}")
-        return cls(**{known[k]: v for k, v in config.items()})
-
-    @property
-    def data(self) -> DataSpec:
-        return DataSpec(self.dataset, self.zipf_s, self.zipf_d, self.zipf_items, self.data_seed)
-
-
-@lru_cache(maxsize=1)
-def _shakespeare():
-    from simulations.datasets import load_shakespeare
-
-    return load_shakespeare()
+def _uniforms(key: int, pids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1) of (key, partition, position), vectorized and identical client by client."""
+    with np.errstate(over="ignore"):
+        k = _splitmix(np.uint64(key & (2**64 - 1)) ^ _splitmix(pids.astype(np.uint64)))
+        u = _splitmix(k ^ positions.astype(np.uint64) * _GOLDEN)
+    return (u >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 @lru_cache(maxsize=8)
-def _zipf_p(s: float, d: int) -> np.ndarray:
+def _zipf_cdf(s: float, d: int) -> np.ndarray:
     p = 1.0 / np.arange(1, d + 1, dtype=np.float64) ** s
-    return p / p.sum()
+    c = np.cumsum(p)
+    return c / c[-1]
+
+
+def _check_pids(data: DataSpec, pids: np.ndarray) -> None:
+    if pids.size and (int(pids.min()) < 0 or int(pids.max()) >= data.max_clients):
+        raise ValueError(f"partition ids must be in [0, {data.max_clients}) for dataset {data.dataset!r}, "
+                         f"got [{int(pids.min())}, {int(pids.max())}]")
+
+
+def cohort_items(data: DataSpec, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All items of the given partitions: (items, index into `pids`), one vectorized call.
+
+    Shakespeare: each role's words in order. Zipf: `zipf_items` i.i.d. Zipf(s) draws over [0, zipf_d) per client,
+    from counter-based uniforms of (data_seed, partition, position), so a client alone draws the same items."""
+    pids = np.asarray(pids, dtype=np.int64)
+    _check_pids(data, pids)
+    if data.dataset == "shakespeare":
+        parts = [shakespeare().client_items[p] for p in pids.tolist()]
+        items = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return items.astype(np.int64), np.repeat(np.arange(len(pids)), [len(p) for p in parts])
+    index = np.repeat(np.arange(len(pids)), data.zipf_items)
+    pos = np.tile(np.arange(data.zipf_items), len(pids))
+    u = _uniforms(data.data_seed, pids[index], pos)
+    items = np.minimum(np.searchsorted(_zipf_cdf(data.zipf_s, data.zipf_d), u, side="right"), data.zipf_d - 1)
+    return items.astype(np.int64), index
 
 
 def client_items(data: DataSpec, pid: int) -> np.ndarray:
-    """All int64 item ids client `pid` holds (a role's words, or i.i.d. Zipf draws seeded by (data_seed, pid))."""
-    if not 0 <= pid < data.max_clients:
-        raise ValueError(f"partition id must be in [0, {data.max_clients}) for dataset {data.dataset!r}, got {pid}")
-    if data.dataset == "shakespeare":
-        return _shakespeare().client_items[pid]
-    rng = np.random.default_rng([data.data_seed, pid])
-    return rng.choice(data.zipf_d, size=data.zipf_items, p=_zipf_p(data.zipf_s, data.zipf_d)).astype(np.int64)
+    """All int64 item ids that partition `pid` holds."""
+    return cohort_items(data, np.array([pid]))[0]
 
 
-def capped_items(spec: RoundSpec, pid: int) -> np.ndarray:
-    """The items client `pid` contributes this round: at most `item_cap`, a seeded subsample by `fedsketch`'s cap."""
-    items = client_items(spec.data, pid)
-    if len(items) <= spec.item_cap:
-        return items
+def cohort_bounded_items(spec: RoundSpec, data: DataSpec, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The items each client of `pids` contributes this round: (items, index into `pids`)."""
+    from fedsketch.contribution import distinct_items
     from fedsketch.privacy import cap_items
 
-    return cap_items(items, cap=spec.item_cap, seed=np.random.default_rng([spec.data_seed, spec.round, pid, 1])).items
+    pids = np.asarray(pids, dtype=np.int64)
+    items, index = cohort_items(data, pids)
+    if spec.contribution == "distinct":
+        kept = distinct_items(items, index, cap=spec.item_cap)
+    else:  # a uniform subsample of the occurrences, keyed by the round's hash seed
+        start = np.searchsorted(index, index)  # each item's position inside its client's list
+        keys = _uniforms(spec.seed, pids[index], np.arange(len(items)) - start)
+        kept = cap_items(items, index, cap=spec.item_cap, seed=0, keys=keys)
+    return kept.items, kept.client_index
 
 
-def noise_share(spec: RoundSpec, pid: int) -> np.ndarray | None:
-    """This client's Skellam noise share (depth, width), seeded by (noise_seed, round, pid); None without DP."""
+def bounded_items(spec: RoundSpec, data: DataSpec, pid: int) -> np.ndarray:
+    """The items partition `pid` contributes this round (at most `item_cap`)."""
+    return cohort_bounded_items(spec, data, np.array([pid]))[0]
+
+
+def _sketch(spec: RoundSpec):
+    from fedsketch import CountSketch
+
+    return CountSketch(spec.depth, spec.width, spec.seed)
+
+
+def client_table(spec: RoundSpec, data: DataSpec, pid: int) -> np.ndarray:
+    """The bounded int64 (depth, width) table of partition `pid` this round, before noise."""
+    return cohort_tables(spec, data, np.array([pid]))[0]
+
+
+def cohort_tables(spec: RoundSpec, data: DataSpec, pids: np.ndarray) -> np.ndarray:
+    """`client_table` of many clients at once, shape (n, depth, width) (`fedsketch.contribution.bounded_tables`)."""
+    from fedsketch.contribution import bounded_tables
+
+    items, index = cohort_bounded_items(spec, data, pids)
+    return bounded_tables(_sketch(spec), items, index, len(pids), contribution=spec.contribution)
+
+
+def cohort_sum(spec: RoundSpec, data: DataSpec, pids: np.ndarray) -> np.ndarray:
+    """``cohort_tables(...).sum(0)`` without the per-client tables (`fedsketch.contribution.bounded_sum`)."""
+    from fedsketch.contribution import bounded_sum
+
+    items, index = cohort_bounded_items(spec, data, pids)
+    return bounded_sum(_sketch(spec), items, index, contribution=spec.contribution)
+
+
+def noise_share(spec: RoundSpec, *, seed: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """One client's Skellam share (depth, width), or None without DP.
+
+    ``seed=None`` (the default): a fresh generator keyed from the OS CSPRNG (`secrets`), so nothing the server
+    sends or sees determines the share. A seed tuple makes it reproducible: NOT PRIVATE AGAINST THE SERVER when
+    the server knows or chose the seed (simulation only)."""
     if spec.noise_var <= 0:
         return None
     from fedsketch.privacy import SkellamNoise
 
-    rng = np.random.default_rng([spec.noise_seed, spec.round, pid])
-    return SkellamNoise(spec.noise_var, spec.noise_clients).client_noise((spec.depth, spec.width), rng)
+    noise = SkellamNoise(spec.noise_var, spec.noise_shares, secure_mode=seed is None)
+    return noise.client_noise((spec.depth, spec.width), None if seed is None else np.random.default_rng(list(seed)))
 
 
-def client_table(spec: RoundSpec, pid: int) -> np.ndarray:
-    """The int64 (depth, width) table client `pid` uploads in this round: sketch of its capped items + noise share."""
-    from fedsketch import CountSketch
-
-    table = CountSketch(spec.depth, spec.width, spec.seed).encode(capped_items(spec, pid))
-    noise = noise_share(spec, pid)
-    return table if noise is None else table + noise
-
-
-def cohort_tables(spec: RoundSpec, pids: np.ndarray, *, noise: bool = True) -> np.ndarray:
-    """`client_table` for many clients at once, shape (n, depth, width): one vectorized `encode_clients` call.
-
-    Equal, client by client, to `client_table` (same caps, same noise seeds); used by the in-process backend and
-    the evaluation oracle. `noise=False` leaves the noise shares out (the oracle's noise-free view).
-    """
-    from fedsketch import CountSketch
-
-    pids = np.asarray(pids, dtype=np.int64)
-    parts = [capped_items(spec, int(p)) for p in pids]
-    items = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-    index = np.repeat(np.arange(len(pids)), [len(p) for p in parts])
-    tables = CountSketch(spec.depth, spec.width, spec.seed).encode_clients(items, index, len(pids))
-    if noise and spec.noise_var > 0:
-        for i, p in enumerate(pids.tolist()):
-            tables[i] += noise_share(spec, p)
-    return tables
-
-
-def check_table(table: Any, spec: RoundSpec) -> np.ndarray:
+def check_table(table: object, spec: RoundSpec) -> np.ndarray:
     """Client-side validation before masking: shape (depth, width), an integer dtype, every |entry| <= bound.
 
     SecAgg+ would silently clip an out-of-range entry into the sum, and the server cannot see one table, so the
@@ -183,15 +151,3 @@ def check_table(table: Any, spec: RoundSpec) -> np.ndarray:
     if peak > spec.bound:
         raise ValueError(f"table entries must lie in [-bound, bound] = [-{spec.bound}, {spec.bound}], got |entry| = {peak}")
     return arr.astype(np.int64, copy=False)
-
-
-def value_bound(item_cap: int, share_var: float, tail_sigmas: float = 16.0) -> int:
-    """The public per-entry bound: item_cap (all of a client's items in one bucket) + a noise tail allowance.
-
-    `share_var` is one client's noise variance per entry. The allowance is `tail_sigmas` standard deviations of it
-    (plus 8 for small variances), so an honest client fails the check with negligible probability; a client that
-    does fail is counted, never clipped.
-    """
-    if share_var <= 0:
-        return int(item_cap)
-    return int(item_cap + np.ceil(tail_sigmas * np.sqrt(share_var)) + 8)
