@@ -222,7 +222,7 @@ def test_gallery_renders_in_headless_chromium(built):
         state = json.loads(browser.call("Runtime.evaluate", session, expression=_PROBE,
                                         returnByValue=True)["result"]["value"])
         png = browser.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True,
-                           clip={"x": 0, "y": 0, "width": 1400, "height": min(state["height"], 6000), "scale": 1})
+                           clip={"x": 0, "y": 0, "width": 1400, "height": min(state["height"], 16384), "scale": 1})
         shot.write_bytes(base64.b64decode(png["data"]))
     finally:
         browser.close()
