@@ -28,6 +28,31 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        try:
+            module = importlib.import_module(_EXPORTS[name])
+        except ModuleNotFoundError as e:  # the accounting needs only the core; the optimizers need the [dp] extra
+            missing = (e.name or "").split(".")[0]
+            if missing in ("torch", "opacus"):
+                raise ModuleNotFoundError(
+                    f"dpopt.{name} needs {missing}, which is not installed: pip install 'fedprivacy-toolkit[dp]' "
+                    "(install the PyTorch build you want first, see the README)", name=e.name) from e
+            raise
+        return getattr(module, name)
     raise AttributeError(f"module 'dpopt' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's `version`, the one source), read on first use."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fedprivacy-toolkit")
+    except metadata.PackageNotFoundError:  # a source checkout on sys.path that was never installed
+        return "0+unknown"
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, "__version__"})

@@ -72,14 +72,20 @@ def format_report(report: PrivacyReport, dataset_size: int | None = None, calibr
 
 
 def plot_epsilon_curve(report: PrivacyReport, path: str, points: int = 12) -> None:
-    """Save a PNG of ε at δ vs epochs (one line per accountant in the report)."""
-    import matplotlib
+    """Save a PNG of ε at δ vs epochs (one line per accountant in the report).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with matplotlib's object API (`matplotlib.figure.Figure`, its own Agg canvas): no pyplot state and no
+    backend forced on the caller. Needs matplotlib (not a core dependency).
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("the ε plot needs matplotlib, which is not installed: pip install matplotlib "
+                                  "(or pip install 'fedprivacy-toolkit[sim]')", name="matplotlib") from e
 
     steps = sorted({max(1, round(report.steps * (i / points))) for i in range(1, points + 1)})
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for a in report.epsilon:
         eps = epsilon_curve(report.noise_multiplier, report.sample_rate, steps, report.delta, a)
         ax.plot([t * report.sample_rate for t in steps], eps, marker="o", label=a.upper())
@@ -90,7 +96,6 @@ def plot_epsilon_curve(report: PrivacyReport, path: str, points: int = 12) -> No
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,6 +27,22 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'fedsketch' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's `version`, the one source), read on first use."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fedprivacy-toolkit")
+    except metadata.PackageNotFoundError:  # a source checkout on sys.path that was never installed
+        return "0+unknown"
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, "__version__"})

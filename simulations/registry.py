@@ -8,10 +8,11 @@ the experiment module itself is imported only when it is run.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,18 +113,36 @@ def names() -> list[str]:
     return sorted(_catalogue())
 
 
-def describe(name: str) -> str:
-    """The first docstring line of the experiment's module (for `list`), without running it."""
-    return (get(name).description or "").strip().splitlines()[0] if get(name).description else ""
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+#: The extra that installs what the experiments import beyond the core dependencies.
+_SIM_EXTRA_MODULES = ("torch", "opacus", "flwr", "ray", "matplotlib", "tqdm")
 
 
 def get(name: str) -> Experiment:
-    """The experiment registered under `name` (imports its module on first use)."""
+    """The experiment registered under `name` (imports its module on first use).
+
+    KeyError (naming the closest experiment) for an unknown name; ModuleNotFoundError naming the extra to install
+    when the module needs a package the core install lacks."""
     if name not in _REGISTRY:
         cat = _catalogue()
         if name not in cat:
-            raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(cat)) or '(none)'}")
-        importlib.import_module(cat[name])
+            raise KeyError(f"unknown experiment {name!r}{did_you_mean(name, cat)}; "
+                           "`python -m simulations list` shows them all")
+        try:
+            importlib.import_module(cat[name])
+        except ModuleNotFoundError as e:
+            missing = (e.name or "").split(".")[0]
+            if missing not in _SIM_EXTRA_MODULES:
+                raise
+            raise ModuleNotFoundError(
+                f"experiment {name!r} needs {missing}, which is not installed: "
+                "pip install 'fedprivacy-toolkit[sim]' (install the PyTorch build you want first, see the README)",
+                name=e.name) from e
         if name not in _REGISTRY:
             raise KeyError(f"module {cat[name]} did not register experiment {name!r}")
     return _REGISTRY[name]
@@ -197,7 +216,8 @@ def apply_overrides(config: Any, overrides: Mapping[str, str]) -> Any:
     changes = {}
     for key, text in overrides.items():
         if key not in fields:
-            raise ValueError(f"--set {key}: unknown config key for {type(config).__module__}; known: {sorted(fields)}")
+            raise ValueError(f"--set {key}: unknown config key for {type(config).__module__}"
+                             f"{did_you_mean(key, fields)}; known: {', '.join(sorted(fields))}")
         changes[key] = _parse_value(text, hints[key], key)
     return dataclasses.replace(config, **changes)
 

@@ -8,3 +8,4 @@ experiment), `deployment` (the deployed ServerApp).
 
 # name -> module that registers it (imported only when the experiment runs)
 EXPERIMENTS: dict[str, str] = {"ffe-flower": "simulations.flower.ffe_flower"}
+

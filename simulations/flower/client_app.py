@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message
-from flwr.client import NumPyClient
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp import ClientApp
-from flwr.common import MessageType
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+try:
+    from flwr.app import Context, Message
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.common import MessageType
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+except ModuleNotFoundError as _e:  # the Flower apps need the [flower] extra
+    raise ModuleNotFoundError(f"{__name__} needs flwr, which is not installed: "
+                              "pip install 'fedprivacy-toolkit[flower]'", name="flwr") from _e
 
 from simulations.flower.settings import ClientSettings, RoundSpec
 from simulations.flower.task import check_table, client_table, noise_share

@@ -21,8 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
-from flwr.server import Grid, ServerApp
+try:
+    from flwr.app import Context
+    from flwr.server import Grid, ServerApp
+except ModuleNotFoundError as _e:  # the Flower apps need the [flower] extra
+    raise ModuleNotFoundError(f"{__name__} needs flwr, which is not installed: "
+                              "pip install 'fedprivacy-toolkit[flower]'", name="flwr") from _e
 
 from simulations.flower.decode import decode_rounds, top_estimates
 from simulations.flower.privacy import calibrate_noise, check_dp_request, privacy_report

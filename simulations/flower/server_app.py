@@ -25,14 +25,19 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
-from flwr.app import Context, Message
-from flwr.common import FitIns, GetPropertiesIns, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.constant import MessageTypeLegacy
-from flwr.compat.common import recorddict_compat as compat
-from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
-from flwr.server.strategy import FedAvg
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+
+try:
+    from flwr.app import Context, Message
+    from flwr.common import FitIns, GetPropertiesIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common.constant import MessageTypeLegacy
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+except ModuleNotFoundError as _e:  # the Flower apps need the [flower] extra
+    raise ModuleNotFoundError(f"{__name__} needs flwr, which is not installed: "
+                              "pip install 'fedprivacy-toolkit[flower]'", name="flwr") from _e
 
 from simulations.flower.exact_sum import mean_to_sum, secagg_shares
 from simulations.flower.settings import RoundRecord, ServerLog, ServerSettings

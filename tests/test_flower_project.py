@@ -1,0 +1,89 @@
+"""The repository root is a Flower app: `[tool.flwr.app]` validates, its FAB builds, its default run config is
+accepted by the deployed ServerApp, and (slow) `flwr run .` runs it on the simulation engine, releasing every round.
+
+(The Ray-free checks of the app itself are in tests/test_flower_app.py.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+
+
+def test_the_app_section_validates_and_its_fab_builds():
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.config import validate_config
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ok, errors, warnings = validate_config(config, check_module=True, project_dir=ROOT)
+    assert ok and not warnings, (errors, warnings)
+    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(ROOT)))
+    assert sorted(fab.namelist()) == [".info/CONTENT", "LICENSE", "README.md", "pyproject.toml"]
+
+
+def test_the_default_run_config_is_accepted_by_the_server_app():
+    from simulations.flower.deployment import settings_from_run_config
+
+    settings, opts = settings_from_run_config(dict(APP["config"]))
+    settings.exact_params()  # an exact SecAgg+ sum at these sizes
+    assert settings.n_clients == APP["config"]["n-clients"]
+    assert opts["dp"] and settings.noise_var > 0  # DP by default, calibrated by the server
+
+
+def _stop_local_superlink(home: Path) -> None:
+    """`flwr run` starts the local SuperLink detached; stop the one that uses our private FLWR_HOME, by pid."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in cmd and str(home) in cmd:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("ray")
+def test_flwr_run_from_the_repository_root(tmp_path):
+    bindir = Path(sys.executable).parent
+    if shutil.which("flwr", path=str(bindir)) is None or not (bindir / "flower-superlink").exists():
+        pytest.skip("the flwr CLI and flower-superlink are not installed beside this Python")
+    home, out = tmp_path / "flwr-home", tmp_path / "out"
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               RAY_USAGE_STATS_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="39291", FLWR_LOCAL_CONTROL_API_PORT="39293",
+               PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+    try:
+        run = subprocess.run(
+            [str(bindir / "flwr"), "run", ".", "--stream", "--federation-config",
+             "num-supernodes=10 client-resources-num-cpus=1", "--run-config", f'rounds=2 out-dir="{out}"'],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+        deadline = time.monotonic() + 60
+        while not (out / "result.json").is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        _stop_local_superlink(home)
+    assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    rounds = result["metrics"]["rounds"]
+    assert len(rounds) == 2 and all(r["released"] for r in rounds), rounds
+    assert result["metrics"]["privacy"]["private_against_server"] is True
+    assert result["metrics"]["top_estimates"], "the deployed server decodes the released sums"
