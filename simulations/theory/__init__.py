@@ -3,4 +3,7 @@
 # name -> module that registers it (imported only when the experiment runs)
 EXPERIMENTS: dict[str, str] = {
     "scaling-law-linear": "simulations.theory.scaling_law",
+    "large-stepsize-logistic": "simulations.theory.large_stepsize_logistic",
+    "eos-logistic": "simulations.theory.eos_logistic",
+    "large-stepsize-two-layer": "simulations.theory.large_stepsize_two_layer",
 }
