@@ -6,4 +6,6 @@ EXPERIMENTS: dict[str, str] = {
     "large-stepsize-logistic": "simulations.theory.large_stepsize_logistic",
     "eos-logistic": "simulations.theory.eos_logistic",
     "large-stepsize-two-layer": "simulations.theory.large_stepsize_two_layer",
+    "asgd-vs-sgd": "simulations.theory.asgd_vs_sgd",
+    "label-noise-rank-one": "simulations.theory.label_noise",
 }

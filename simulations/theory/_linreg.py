@@ -29,24 +29,27 @@ def geometric_schedule(n: int, gamma0: float) -> list[tuple[float, int]]:
     return [(gamma0 / 2**s, length if s < stages - 1 else n - length * (stages - 1)) for s in range(stages)]
 
 
-def sgd_excess_risk(mu: np.ndarray, c0: np.ndarray, noise: float, schedule: Sequence[tuple[float, int]], *,
-                    weights: np.ndarray | None = None, record: Sequence[int] = ()) -> tuple[float, list[float]]:
-    """E[e_N^T H e_N] after running `schedule` from second moments `c0`, and the same at each step in `record`
-    (steps counted from 1).
+def sgd_moments(mu: np.ndarray, c: np.ndarray, noise: float, gamma: float, steps: int, *,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """The second moments c_i = E[e_i^2] after `steps` SGD steps of size `gamma` from `c` (the recursion above).
 
-    mu: eigenvalues of H; c0: E[e_0,i^2] in that basis; noise: the label-noise variance nu (for a misspecified
-    problem with Gaussian data, nu = sigma^2 + the approximation error: the residual is independent of x)."""
+    mu: eigenvalues of H; noise: the label-noise variance nu (for a misspecified problem with Gaussian data,
+    nu = sigma^2 + the approximation error: the residual is independent of x)."""
     mu = np.asarray(mu, float)
     wm = mu * (np.ones_like(mu) if weights is None else np.asarray(weights, float))
-    c = np.asarray(c0, float).copy()
-    marks, out, t = sorted(set(int(r) for r in record)), [], 0
+    c = np.asarray(c, float).copy()
+    q = (1 - gamma * mu) ** 2 + (gamma * mu) ** 2
+    r = gamma**2 * mu
+    for _ in range(steps):
+        c = q * c + r * (wm @ c + noise)
+    return c
+
+
+def sgd_excess_risk(mu: np.ndarray, c0: np.ndarray, noise: float, schedule: Sequence[tuple[float, int]], *,
+                    weights: np.ndarray | None = None) -> float:
+    """E[e_N^T H e_N] after running `schedule` (a list of (gamma, steps) stages) from second moments `c0`."""
+    c = np.asarray(c0, float)
     for gamma, steps in schedule:
-        q = (1 - gamma * mu) ** 2 + (gamma * mu) ** 2
-        r = gamma**2 * mu
-        for _ in range(steps):
-            c = q * c + r * (wm @ c + noise)
-            t += 1
-            if marks and t == marks[0]:
-                out.append(float(wm @ c))
-                marks.pop(0)
-    return float(wm @ c), out
+        c = sgd_moments(mu, c, noise, gamma, steps, weights=weights)
+    w = np.ones_like(c) if weights is None else np.asarray(weights, float)
+    return float((w * np.asarray(mu, float)) @ c)

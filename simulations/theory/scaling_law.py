@@ -151,12 +151,12 @@ def run(config: Config, out_dir: Path) -> dict:
             approx[str(m)] = float(np.mean(vals))
         mu, w = power_law_bins(a, config.exact_eigs, config.bins_per_decade)
         excess = [sgd_excess_risk(mu, np.ones_like(mu), config.sigma2, geometric_schedule(int(n), config.gamma0),
-                                  weights=w)[0] for n in ns]
+                                  weights=w) for n in ns]
         curves = {}
         for m in config.curve_sketches:
             p = sketched_problem(a, m, config.dim_factor * m, rng)
             ex = [sgd_excess_risk(p["mu"], p["c0"], config.sigma2 + p["approx"],
-                                  geometric_schedule(int(n), config.gamma0))[0] for n in ns]
+                                  geometric_schedule(int(n), config.gamma0)) for n in ns]
             curves[str(m)] = {"approx": p["approx"], "excess": ex, "slope_in_N": loglog_slope(ns, ex)}
         ms = np.array(config.sketch_sizes)
         per_a[str(a)] = {
@@ -184,7 +184,7 @@ def _monte_carlo(config: Config, rng: np.random.Generator) -> list[dict]:
         for n in config.mc_sizes:
             sched = geometric_schedule(int(n), config.gamma0)
             exact = prob["approx"] + sgd_excess_risk(prob["mu"], prob["c0"], config.sigma2 + prob["approx"],
-                                                     sched)[0]
+                                                     sched)
             sims = monte_carlo_sgd(prob, config.sigma2, sched, config.mc_runs, rng)
             out.append({"a": a, "M": config.mc_sketch, "d": config.mc_dim, "N": int(n), "exact": exact,
                         "mc_mean": float(sims.mean()), "mc_se": float(sims.std(ddof=1) / np.sqrt(len(sims)))})
