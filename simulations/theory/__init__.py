@@ -8,4 +8,6 @@ EXPERIMENTS: dict[str, str] = {
     "large-stepsize-two-layer": "simulations.theory.large_stepsize_two_layer",
     "asgd-vs-sgd": "simulations.theory.asgd_vs_sgd",
     "label-noise-rank-one": "simulations.theory.label_noise",
+    "mup-depth": "simulations.theory.mup_depth",
+    "beta2-stability": "simulations.theory.beta2_stability",
 }
