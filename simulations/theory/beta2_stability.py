@@ -62,6 +62,27 @@ class Config(ExperimentConfig):
         return cls(datasets=2, pairs_per_dataset=4, steps=600, n_test=500)
 
 
+def adaptive_logistic(x: np.ndarray, y: np.ndarray, order: np.ndarray, which: np.ndarray, beta1: np.ndarray,
+                      beta2: np.ndarray, *, lr: float, eps: float) -> np.ndarray:
+    """Minibatch Adam (RMSProp when beta1 = 0) on the logistic loss for R runs at once, from w = 0.
+
+    x: (R, n, d) and y: (R, n) each run's data; order: (S, steps, batch) sample orders, run r using
+    order[which[r]]; beta1, beta2: (R,). Bias-corrected moments, w <- w - lr m_hat / (sqrt(v_hat) + eps) (torch.optim.Adam's update)."""
+    runs, _, d = x.shape
+    w, m1, m2 = np.zeros((runs, d)), np.zeros((runs, d)), np.zeros((runs, d))
+    rows = np.arange(runs)[:, None]
+    b1, b2 = np.asarray(beta1, float)[:, None], np.asarray(beta2, float)[:, None]
+    for t in range(order.shape[1]):
+        idx = order[which, t]
+        xb, yb = x[rows, idx], y[rows, idx]
+        r = 1 / (1 + np.exp(-np.einsum("rbd,rd->rb", xb, w))) - yb
+        g = np.einsum("rb,rbd->rd", r, xb) / idx.shape[1]
+        m1 = b1 * m1 + (1 - b1) * g
+        m2 = b2 * m2 + (1 - b2) * g * g
+        w = w - lr * (m1 / (1 - b1 ** (t + 1))) / (np.sqrt(m2 / (1 - b2 ** (t + 1))) + eps)
+    return w
+
+
 def _loss(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Mean logistic loss of each row of w on (x, y): per-run (R,) for shared data x (m, d)."""
     m = x @ w.T  # (m, R)
@@ -104,19 +125,7 @@ def run(config: Config, out_dir: Path) -> dict:
     n_runs = len(x_run)
     b1 = np.tile([OPTIMIZERS[o] for o, _ in configs], n_runs // len(configs))
     b2 = np.tile([b for _, b in configs], n_runs // len(configs))
-    w, m1, m2 = np.zeros((n_runs, d)), np.zeros((n_runs, d)), np.zeros((n_runs, d))
-    order = np.array(order)  # (datasets, steps, batch)
-    rows = np.arange(n_runs)[:, None]
-    for t in range(config.steps):
-        idx = order[seed_of, t]  # (R, batch)
-        xb, yb = x_run[rows, idx], y_run[rows, idx]
-        r = 1 / (1 + np.exp(-np.einsum("rbd,rd->rb", xb, w))) - yb
-        g = np.einsum("rb,rbd->rd", r, xb) / config.batch
-        m1 = b1[:, None] * m1 + (1 - b1[:, None]) * g
-        m2 = b2[:, None] * m2 + (1 - b2[:, None]) * g * g
-        mhat = m1 / (1 - b1[:, None] ** (t + 1))
-        vhat = m2 / (1 - b2[:, None] ** (t + 1))
-        w -= config.lr * mhat / (np.sqrt(vhat) + config.eps)
+    w = adaptive_logistic(x_run, y_run, np.array(order), seed_of, b1, b2, lr=config.lr, eps=config.eps)
     shape = (config.datasets * p, 2, len(configs), d)
     wv = w.reshape(shape)
     div = np.linalg.norm(wv[:, 0] - wv[:, 1], axis=-1)  # (pairs, configs)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq
 
 from simulations.config import ExperimentConfig, param
 from simulations.registry import Claim, register
@@ -67,10 +67,12 @@ class Config(ExperimentConfig):
 
 def potential_minimizer(z: np.ndarray, gamma: float) -> float:
     """argmin_v sum_{i in SV} exp(-z_i,2 v): the limit of the orthogonal coordinate (SV: points at margin)."""
-    sv = z[np.isclose(z[:, 0], gamma)]
-    res = minimize_scalar(lambda v: float(np.exp(-sv[:, 1] * v).sum()), bounds=(-50, 50), method="bounded",
-                          options={"xatol": 1e-12})
-    return float(res.x)
+    sv = z[np.isclose(z[:, 0], gamma), 1]
+    if not (sv.min() < 0 < sv.max()):
+        raise ValueError("the support vectors' orthogonal parts must take both signs for the potential to have a "
+                         f"minimizer, got {sv}")
+    # G is strictly convex: its derivative -sum_i z_i exp(-z_i v) is increasing and crosses 0 once
+    return float(brentq(lambda v: -float((sv * np.exp(-sv * v)).sum()), -50.0, 50.0, xtol=1e-15))
 
 
 def run(config: Config, out_dir: Path) -> dict:
