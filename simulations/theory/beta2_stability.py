@@ -180,16 +180,16 @@ def _plot(config: Config, per: dict, corr: dict, out_dir: Path) -> None:
         axes[0, 1].errorbar(x, [r["gap_minus_first_beta2"] for r in rows],
                             yerr=[2 * r["gap_minus_first_beta2_se"] for r in rows], fmt="o-", color=f"C{i}",
                             label=f"{o}: Spearman(beta2, gap) = {corr[o]['generalization_gap']:+.2f}")
-    for ax, yl, title in ((axes[0, 0], f"||w_T - w'_T|| / same at beta_2={config.beta2s[0]:g} (paired)",
-                           "parameter divergence"),
-                          (axes[0, 1], f"gap - same at beta_2={config.beta2s[0]:g} (paired; gap = test - train loss)",
-                           "generalization gap")):
+    b0 = f"{config.beta2s[0]:g}"
+    for ax, yl, title in ((axes[0, 0], f"||w_T - w'_T|| / same at beta_2={b0}", "parameter divergence on S vs S'"),
+                          (axes[0, 1], f"gap - gap at beta_2={b0}", "generalization gap (test - train loss)")):
         ax.set(xscale="log", xlabel="1 - beta_2 (log; beta_2 -> 1 to the right)", ylabel=yl,
-               title=f"{title} (±2 s.e.; no theory curve: the paper's direction is unverified)")
+               title=f"{title}, paired over {config.datasets * config.pairs_per_dataset} neighbour pairs (±2 s.e.)\n"
+                     "no theory curve: the paper's direction is unverified")
         ax.invert_xaxis()
         ax.legend(fontsize=7)
-    axes[0, 1].title.set_fontsize(9)
-    axes[0, 0].title.set_fontsize(9)
+    for ax in axes[0]:
+        ax.title.set_fontsize(9)
     save_figure(fig, out_dir, "beta2_stability.png")
 
 
