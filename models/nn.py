@@ -114,14 +114,30 @@ class Block(nn.Module):
         return x
 
 
+def residual_projections(module: nn.Module) -> list[nn.Parameter]:
+    """The weights that write into the residual stream: every `Block`'s attention and MLP output projection, and
+    whatever a module lists in its own `residual_projections()` (a Llama-style block, say). Not q/k/v or the MLP's
+    up projection, which read from the stream."""
+    out: list[nn.Parameter] = []
+    for m in module.modules():
+        if isinstance(m, Block):
+            out.append(m.attn.proj.weight)
+            if m.mlp is not None:
+                out.append(m.mlp.proj.weight)
+        elif callable(getattr(m, "residual_projections", None)) and m is not module:
+            out.extend(m.residual_projections())
+    return out
+
+
 def init_gpt_weights(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
-    """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled by 1/√(2L) so the
-    residual stream's variance does not grow with depth."""
-    for name, p in module.named_parameters():
+    """GPT-2 initialisation: N(0, std) weights, zero biases, and the residual output projections (only those:
+    see `residual_projections`) scaled by 1/√(2L), so the residual stream's variance does not grow with depth."""
+    scaled = {id(p) for p in residual_projections(module)}
+    for _, p in module.named_parameters():
         if p.ndim >= 2:
-            scale = 1 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 1.0
-            nn.init.normal_(p, 0.0, std * scale)
-        elif name.endswith("bias"):
+            nn.init.normal_(p, 0.0, std / math.sqrt(2 * n_layer) if id(p) in scaled else std)
+    for name, p in module.named_parameters():
+        if p.ndim < 2 and name.endswith("bias"):
             nn.init.zeros_(p)
 
 

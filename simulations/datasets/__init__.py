@@ -12,6 +12,9 @@ _EXPORTS = {
     "load_shakespeare": "simulations.datasets.shakespeare",
     "ShakespeareCorpus": "simulations.datasets.shakespeare",
     "load_imdb": "simulations.datasets.imdb",
+    "load_shakespeare_char": "simulations.datasets.lm_corpora",
+    "load_wikitext2": "simulations.datasets.lm_corpora",
+    "load_text_dir": "simulations.datasets.lm_corpora",
     "load_movielens": "simulations.datasets.movielens",
 }
 __all__ = sorted(_EXPORTS)
