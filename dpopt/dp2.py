@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch.optim import Optimizer
+
+from dpopt._clip import clip_factors, clipped_sum
 
 __all__ = [
     "DP2Config",
@@ -152,25 +154,6 @@ def _check_sgd(optimizer: Optimizer) -> None:
             raise ValueError(f"DP² needs SGD with momentum=0, got momentum={group.get('momentum')}")
 
 
-def _scaled_sq_norms(flat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """‖g_i ⊙ scale‖² = Σ_j g_ij² scale_j² for each row g_i of ``flat`` (B × P).
-
-    On CPU this runs in column blocks of ~2^20 elements (g² block, then a matrix-vector product with
-    scale²), so no B × P temporary is allocated and phase B costs about what phase A's plain norm pass
-    costs. On GPUs, where launches cost more than bandwidth, it is one fused expression.
-    """
-    n, width = flat.shape
-    if flat.device.type != "cpu" or n * width <= 1 << 20:
-        return torch.linalg.vector_norm(flat * scale, dim=1) ** 2
-    block = max(1, (1 << 20) // n)
-    scale2 = scale * scale
-    out = torch.zeros(n, dtype=flat.dtype, device=flat.device)
-    for a in range(0, width, block):
-        part = flat[:, a : a + block]
-        out.addmv_(part * part, scale2[a : a + block])
-    return out
-
-
 class DP2RMSprop(DPOptimizer):
     """DP²-RMSProp: Opacus ``DPOptimizer`` with per-sample preconditioning in phase B (see module docstring).
 
@@ -279,48 +262,47 @@ class DP2RMSprop(DPOptimizer):
 
     # ----------------------------------------------------------------------------------------------------
     # the DP stages
+    def _raw_grad_sample(self, p: torch.Tensor) -> torch.Tensor:
+        """p's per-sample gradients (dense, or row-sparse COO; several accumulated batches concatenated)."""
+        gs = p.grad_sample
+        if isinstance(gs, list) and gs and gs[0].is_sparse:
+            return torch.cat(gs, dim=0)
+        return DPOptimizer._get_flat_grad_sample(self, p)
+
     def _get_flat_grad_sample(self, p: torch.Tensor) -> torch.Tensor:
         """Per-sample gradients g_i, preconditioned to g_i / (√v + ε) in phase B (what gets clipped)."""
-        g = super()._get_flat_grad_sample(p)
-        if self.in_adaptive_phase:
-            g = g / self.preconditioner(p).to(g.dtype)
-        return g
+        g = self._raw_grad_sample(p)
+        if not self.in_adaptive_phase:
+            return g
+        d = self.preconditioner(p)
+        if g.is_sparse:
+            g = g.coalesce()
+            vals = g.values() / d[g.indices()[1]].to(g.dtype)
+            return torch.sparse_coo_tensor(g.indices(), vals, g.shape)
+        return g / d.to(g.dtype)
 
     def clip_and_accumulate(self) -> None:
         """p.summed_grad += Σ_i c_i·g_i/D with c_i = min(1, C/‖g/D‖_i) (D = 1 in phase A).
 
         Same result as clipping ``_get_flat_grad_sample`` but without materializing g_i/D for the sum:
-        Σ_i c_i (g_i/D) = (Σ_i c_i g_i)/D since D does not depend on i. Raises NonFiniteGradientError before
-        anything is accumulated if a per-sample gradient is NaN/inf.
+        Σ_i c_i (g_i/D) = (Σ_i c_i g_i)/D since D does not depend on i. Per-sample gradients may be dense or
+        row-sparse (``dpopt._clip``). Raises NonFiniteGradientError before anything is accumulated if a
+        per-sample gradient is NaN/inf.
         """
         params = self.params
-        raw = [DPOptimizer._get_flat_grad_sample(self, p) for p in params]
-        adaptive = self.in_adaptive_phase
-        inv_d = [self.preconditioner(p).reciprocal_() for p in params] if adaptive else None
-        n = len(raw[0])
-        if n == 0:
-            factor = torch.zeros((0,), device=raw[0].device)
-        else:
-            sq = []
-            for i, g in enumerate(raw):
-                flat = g.reshape(n, -1)
-                if inv_d is None:
-                    sq.append(torch.linalg.vector_norm(flat, dim=1).to(raw[0].device) ** 2)
-                else:
-                    sq.append(_scaled_sq_norms(flat, inv_d[i].reshape(-1).to(flat.dtype)).to(raw[0].device))
-            norms = torch.stack(sq, dim=1).sum(dim=1).sqrt()
-            if self.config.check_finite and not bool(torch.isfinite(norms).all()):
-                bad = int((~torch.isfinite(norms)).sum())
-                raise NonFiniteGradientError(
-                    f"{bad} of {n} per-sample gradients are NaN/inf at DP² step {self.dp2_step}; this logical "
-                    "batch was dropped (no noise, no accounting; under BatchMemoryManager its remaining physical "
-                    "batches are ignored) and the model, G and v are unchanged. Check the loss, inputs and lr"
-                )
-            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        raw = [self._raw_grad_sample(p) for p in params]
+        inv_d = [self.preconditioner(p).reciprocal_() for p in params] if self.in_adaptive_phase else None
+        norms, factor = clip_factors(raw, self.max_grad_norm, inv_d)
+        if self.config.check_finite and len(norms) and not bool(torch.isfinite(norms).all()):
+            bad = int((~torch.isfinite(norms)).sum())
+            raise NonFiniteGradientError(
+                f"{bad} of {len(norms)} per-sample gradients are NaN/inf at DP² step {self.dp2_step}; this logical "
+                "batch was dropped (no noise, no accounting; under BatchMemoryManager its remaining physical "
+                "batches are ignored) and the model, G and v are unchanged. Check the loss, inputs and lr"
+            )
         for i, p in enumerate(params):
             _check_processed_flag(p.grad_sample)
-            g = raw[i].to(p.dtype)
-            grad = torch.einsum("i,i...", factor.to(g.device, p.dtype), g)
+            grad = clipped_sum(raw[i], factor, p.shape, p.dtype)
             if inv_d is not None:
                 grad = grad * inv_d[i].to(grad.dtype)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
@@ -433,104 +415,4 @@ class DP2Adagrad(DP2RMSprop):
         v.addcmul_(G, G, value=1.0 / (k * k))
 
 
-class DelayedPrecondRMSprop(Optimizer):
-    """Delayed-preconditioner RMSProp applied AFTER privatization ("noise, then precondition").
-
-    Update on the (already privatized) gradient g̃ = p.grad, counting calls to ``step()``::
-
-        phase A (t mod 2s < s): w -= lr·g̃ ; G += g̃ ; at the phase end v = β v + (1-β)(G/k)², G = 0
-        phase B:                w -= lr2·g̃ / (√v + eps)
-
-    Everything is a function of released gradients, so wrapping it in any Opacus ``DPOptimizer`` (every
-    grad-sample mode, ghost clipping included) keeps DP-SGD's guarantee. Unlike :class:`DP2RMSprop`, the clip
-    norm is the same in both phases and applies to raw per-sample gradients, so preconditioned directions get
-    the raw-geometry noise: the authors' ablation, which the paper reports loses some utility.
-
-    An LR scheduler that sets a group's ``lr`` to f·lr scales ``lr2`` by the same f. A non-finite gradient
-    raises :class:`NonFiniteGradientError` before any parameter, G, v or counter changes (the wrapping
-    ``DPOptimizer`` has already added noise and accounted that release).
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        *,
-        lr2: float | None = None,
-        delay: int | None = None,
-        beta: float = 0.9,
-        eps: float = 1e-7,
-        weight_decay: float = 0.0,
-    ) -> None:
-        if not _finite_positive(lr):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        cfg = DP2Config(delay=delay, lr2=lr2, beta=beta, eps=eps).resolve()  # DP²'s validation and default
-        lr2 = float(lr) if cfg.lr2 is None else cfg.lr2
-        defaults = dict(lr=float(lr), lr2=lr2, delay=cfg.delay, beta=cfg.beta, eps=cfg.eps,
-                        weight_decay=float(weight_decay))
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            group.setdefault("dp2_step", 0)
-            group.setdefault("dp2_count", 0)
-            group.setdefault("dp2_lr1", group["lr"])
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One update on p.grad; refreshes v at the end of each phase A."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            t = int(self.param_groups[0]["dp2_step"])
-            raise NonFiniteGradientError(
-                f"non-finite (privatized) gradient at step {t}: the model, G, v and the step counter are unchanged; "
-                "the wrapping DPOptimizer already accounted this release (ε counts it). Check the loss, inputs, lr"
-            )
-        for group in self.param_groups:
-            s, t = group["delay"], int(group["dp2_step"])
-            adaptive = (t % (2 * s)) >= s
-            last_a = (t % (2 * s)) == s - 1
-            k = int(group["dp2_count"]) + (0 if adaptive else 1)
-            lr2 = group["lr2"] * group["lr"] / group["dp2_lr1"]  # a schedule on lr scales lr2 alike
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                st = self.state[p]
-                if not st:
-                    st["G"] = torch.zeros_like(p)
-                    st["v"] = torch.zeros_like(p)
-                if adaptive:
-                    d = st["v"].sqrt().add_(group["eps"])
-                    upd = g / d
-                    lr = lr2
-                else:
-                    st["G"].add_(g)
-                    if last_a:
-                        st["v"].mul_(group["beta"]).addcmul_(st["G"], st["G"], value=(1 - group["beta"]) / (k * k))
-                        st["G"].zero_()
-                    upd = g
-                    lr = group["lr"]
-                if group["weight_decay"]:
-                    upd = upd.add(p, alpha=group["weight_decay"])
-                p.add_(upd, alpha=-lr)
-            group["dp2_count"] = 0 if (adaptive or last_a) else k
-            group["dp2_step"] = t + 1
-        return loss
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` of this class; another optimizer's checkpoint is a clear ValueError."""
-        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        need = ("dp2_step", "dp2_count", "lr2", "delay")
-        if not groups or any(k not in g for g in groups for k in need) or any("dp2_method" in g for g in groups):
-            raise ValueError(
-                "this checkpoint was not saved by DelayedPrecondRMSprop (its param groups lack "
-                f"{list(need)} or belong to DP² proper): load it into the optimizer that saved it"
-            )
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            group.setdefault("dp2_lr1", group["lr"])
+from dpopt.delayed import DelayedPrecondRMSprop  # noqa: E402  (re-exported: it was defined here before)

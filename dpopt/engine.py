@@ -4,7 +4,9 @@ Opacus has no argument for a custom ``DPOptimizer`` class; its own research opti
 ``PrivacyEngine`` and override ``_prepare_optimizer``. We do the same, and add the checks DP² needs:
 flat clipping, a non-distributed model, a grad-sample mode that materializes per-sample gradients
 ("hooks", "functorch", "ew", or "no_op" when the caller sets ``p.grad_sample`` itself), and Poisson sampling
-under a DP claim. The default accountant is Opacus' (PRV), so swapping ``opacus.PrivacyEngine`` for this one
+under a DP claim. With ``grad_sample_mode="no_op"`` (the caller sets ``p.grad_sample``) per-sample gradients
+may be row-sparse COO tensors (embedding tables, sparse features), clipped without densifying. The default
+accountant is Opacus' (PRV), so swapping ``opacus.PrivacyEngine`` for this one
 does not change σ or ε.
 """
 
@@ -22,6 +24,7 @@ from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dpopt._clip import SparseAwareDPOptimizer
 from dpopt.dp2 import DP2Adagrad, DP2Config, DP2RMSprop
 
 __all__ = ["PrivacyEngine", "DP2_GRAD_SAMPLE_MODES"]
@@ -76,6 +79,19 @@ class PrivacyEngine(_OpacusPrivacyEngine):
         **kwargs: Any,
     ) -> DPOptimizer:
         """Build the stock Opacus optimizer, or a DP² one when ``make_private`` was given a ``DP2Config``."""
+        if self._dp2 is None and grad_sample_mode == "no_op" and clipping == "flat" and not distributed:
+            if isinstance(optimizer, DPOptimizer):
+                optimizer = optimizer.original_optimizer
+            return SparseAwareDPOptimizer(
+                optimizer,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                expected_batch_size=expected_batch_size,
+                loss_reduction=loss_reduction,
+                generator=self.secure_rng if self.secure_mode else noise_generator,
+                secure_mode=self.secure_mode,
+                **kwargs,
+            )
         if self._dp2 is None:
             return super()._prepare_optimizer(
                 optimizer=optimizer,
