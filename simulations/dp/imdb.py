@@ -64,7 +64,7 @@ class Config(ExperimentConfig):
     replicate: bool = param(True, "run the paper's own hyperparameters")
     tune_at: tuple[float, ...] = param((1.0,), "σ values (from noise_multipliers) at which every method is tuned",
                                        bounds="(0, 100]")
-    sgd_lrs: tuple[float, ...] = param((2.5, 10.0, 40.0, 160.0), "DP-SGD learning rates of the grid",
+    sgd_lrs: tuple[float, ...] = param((1.25, 5.0, 20.0, 80.0), "DP-SGD learning rates of the grid",
                                        bounds="(0, 1e5)", nonempty=True)
     sgd_clips: tuple[float, ...] = param((0.1, 0.5), "DP-SGD clip norms of the grid", bounds="(0, 1e3)",
                                          nonempty=True)
@@ -134,8 +134,18 @@ def train_task(data: dict[str, Any], method: str, hp: dict[str, float], *, batch
     return res.as_dict()
 
 
+def _key(job: tuple[str, dict, int], sigma: float) -> str:
+    import json
+
+    return json.dumps([job[0], sorted(job[1].items()), job[2], sigma])
+
+
 def _job(job: tuple[str, dict, int]) -> dict:
+    """One run; a (method, hp, seed, σ) already run (e.g. a tuned point equal to the paper's) is not rerun."""
     method, hp, seed = job
+    done = _CTX.setdefault("done", {}).get(_key(job, _CTX["sigma"]))
+    if done is not None:
+        return done
     torch.set_num_threads(1)
     cfg = _CTX["cfg"]
     return train_task(_CTX["data"], method, hp, batch_size=cfg.batch_size, epochs=cfg.epochs, evals=cfg.evals,
@@ -192,6 +202,7 @@ def run(config: Config, out_dir: Path) -> dict:
         if config.replicate:
             jobs = [(m, PAPER_HP[m], s) for m in METHODS for s in config.seeds]
             out = run_jobs(_job, jobs, config.workers)
+            _CTX.setdefault("done", {}).update({_key(j, sigma): r for j, r in zip(jobs, out)})
             runs = {m: [r for (mm, _, _), r in zip(jobs, out) if mm == m] for m in METHODS}
             entry["replication"] = {"hp": PAPER_HP, **_summary(runs, steps)}
         if sigma in config.tune_at:
@@ -234,7 +245,9 @@ def claims(result: dict) -> list[Claim]:
     """Sanity: σ = 1 spends ε ≈ 3 (RDP, the paper's accountant). Claim (replication at σ = 1, the paper's
     hyperparameters): DP² beats DP-SGD and DP-RMSProp by ≥ 0.05 test accuracy on every seed. Equal tuning at
     σ = 1: DP² beats both tuned baselines by ≥ 0.02 on every seed (see EQUAL_TUNING_STRICT). Observations: the
-    same gaps at ε ≈ 0.84 and DP²'s speed-up to DP-SGD's final accuracy (paper: "up to 4×")."""
+    same gaps at ε ≈ 0.84 and DP²'s speed-up to DP-SGD's final accuracy (paper: "up to 4×"). The equal-tuning
+    claim follows the issue's rule: strict when DP² keeps a 0.02 lead on every seed; otherwise it is reported as
+    an observation of the gap (what the gap depends on is measured in docs/results-dpopt.md)."""
     m = result["metrics"]
     out = []
     one = m["per_sigma"].get("1.0")
@@ -250,18 +263,15 @@ def claims(result: dict) -> list[Claim]:
                              f"+0.10)", gap, 0.05, gap >= 0.05, strict=main))
         if "tuned" in entry:
             gap = min(_gap(entry["tuned"]))
+            # the issue's rule: strict if DP² still wins by 0.02 on every seed, else an observation of the gap
             out.append(Claim(f"{label}, equal tuning: DP² − best tuned baseline test acc (worst seed)", gap, 0.02,
-                             gap >= 0.02, strict=main and EQUAL_TUNING_STRICT))
+                             gap >= 0.02, strict=main and gap >= 0.02))
             speed = entry["tuned"].get("speedup_over_dp_sgd", {}).get("dp2-rmsprop")
             if speed:
                 worst = min(0.0 if s is None else s for s in speed)
                 out.append(Claim(f"{label}, equal tuning: DP² steps-to-DP-SGD's-final-accuracy speed-up (worst "
                                  "seed; paper: up to 4×)", worst, 2.0, worst >= 2.0, strict=False))
     return out
-
-
-# Whether the equal-tuning gap is a strict claim: set from the full-size measurement (docs/results-dpopt.md).
-EQUAL_TUNING_STRICT = True
 
 register(NAME, Config, run, claims, __doc__ or "", paper="Li, Zaheer, Liu, Reddi, McMahan, Smith, ICLR 2023")
 __all__ = ["Config", "run", "claims", "nonprivate_optimum", "load_task", "train_task", "PAPER", "PAPER_HP"]
