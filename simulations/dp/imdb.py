@@ -244,7 +244,7 @@ def _gap(summary: dict[str, Any]) -> list[float]:
 def claims(result: dict) -> list[Claim]:
     """Sanity: σ = 1 spends ε ≈ 3 (RDP, the paper's accountant). Claim (replication at σ = 1, the paper's
     hyperparameters): DP² beats DP-SGD and DP-RMSProp by ≥ 0.05 test accuracy on every seed. Equal tuning at
-    σ = 1: DP² beats both tuned baselines by ≥ 0.02 on every seed (see EQUAL_TUNING_STRICT). Observations: the
+    σ = 1: DP² beats both tuned baselines by ≥ 0.02 on every seed. Observations: the
     same gaps at ε ≈ 0.84 and DP²'s speed-up to DP-SGD's final accuracy (paper: "up to 4×"). The equal-tuning
     claim follows the issue's rule: strict when DP² keeps a 0.02 lead on every seed; otherwise it is reported as
     an observation of the gap (what the gap depends on is measured in docs/results-dpopt.md)."""
