@@ -201,10 +201,13 @@ class RunResult:
 
 
 def build(method: str, model: nn.Module, hp: dict[str, float], *, sigma: float, n: int, batch_size: int,
-          seed: int, accountant: str = "prv") -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+          seed: int, accountant: str = "prv", grad_sample_mode: str = "no_op",
+          ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     """(wrapped model, DP optimizer, engine) for ``method`` with hyperparameters ``hp`` (lr, clip; eps, beta,
     lr2, clip2, delay for the adaptive ones), through ``dpopt.make_dp_training``. The sampling rate is
-    1/(n // batch_size), the steps of an epoch, as in Opacus; the noise generator is seeded by ``seed``."""
+    1/(n // batch_size), the steps of an epoch, as in Opacus; the noise generator is seeded by ``seed``.
+    ``grad_sample_mode`` "no_op": the model writes its own per-sample gradients (this module's models);
+    "hooks" (or another Opacus mode) for a general ``nn.Module``."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from dpopt import DP2Config, make_dp_training
@@ -220,7 +223,7 @@ def build(method: str, model: nn.Module, hp: dict[str, float], *, sigma: float, 
     loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=batch_size, drop_last=True)
     run = make_dp_training(
         _DPOPT_NAME.get(method, method), model, loader, lr=float(hp["lr"]), max_grad_norm=float(hp["clip"]),
-        noise_multiplier=sigma, dp2=dp2, eps=hp.get("eps"), beta=hp.get("beta"), grad_sample_mode="no_op",
+        noise_multiplier=sigma, dp2=dp2, eps=hp.get("eps"), beta=hp.get("beta"), grad_sample_mode=grad_sample_mode,
         accountant=accountant, noise_generator=torch.Generator().manual_seed(seed + 7919),
     )
     return run.module, run.optimizer, run.engine
