@@ -1,14 +1,18 @@
-"""Benchmark: one DP training step (batch 64) — non-private, Opacus DP-SGD, Opacus DP-Adam, DP²-RMSProp.
+"""Benchmark: one DP training step — non-private, Opacus DP-SGD, Opacus DP-Adam, DP²-RMSProp.
 
-Two models: a 2-layer MLP over 10k features and a small nn.TransformerEncoder classifier. For each we time
-one full step (zero_grad, forward, loss, backward, optimizer step) and report the median of ``--reps`` runs
+Three models: a 2-layer MLP over 10k features (batch 64); the dp2-imdb-transformer classifier (models.nn blocks,
+its full-default size, batch 256); and the dp2-imdb logistic regression on the real IMDB features (batch 64),
+where the experiments' exact row-sparse per-sample path (grad_sample_mode="no_op") is timed beside Opacus'
+dense hooks/ew modes. For each we time one full step (zero_grad, forward, loss, backward, optimizer step) and
+report the median of ``--reps`` runs
 (interleaved across methods, after warm-up), the ratio to the non-private step on the same model measured in
 the same process (the floor), and peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per method; on CPU
 the peak resident-set growth (VmHWM after a reset) of a fresh subprocess that runs the same steps (torch's CPU allocator is not seen
 by tracemalloc). DP² is timed in both phases: A (DP-SGD with G accumulation) and B (per-sample
 preconditioning with clip C2), the slower of which is compared with DP-Adam (goal: <= 1.10x).
 
-    python benchmarks/bench_dp2.py [--device cpu|cuda] [--reps 9] [--json out.json] [--no-memory]
+    python benchmarks/bench_dp2.py [--device cpu|cuda] [--reps 9] [--models mlp,transformer,imdb-lr]
+                                   [--json out.json] [--no-memory]
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ warnings.filterwarnings("ignore")
 
 BATCH = 64
 FEATURES, HIDDEN = 10_000, 128
-VOCAB, SEQ, D_MODEL, LAYERS = 1000, 32, 64, 2
+TRANSFORMER_BATCH = 256  # dp2-imdb-transformer's full default: vocabulary 1,000 (+2), 64 words, d 32, 2 layers
 
 # (label, method, grad-sample mode)
 METHODS = [
@@ -49,35 +53,99 @@ METHODS = [
     ("DP²-RMSProp phase B (ew)", "dp2-B", "ew"),
     ("DelayedPrecondRMSprop phase B (ghost)", "dp2-ntp-B", "ghost"),
 ]
+# the IMDB logistic regression: Opacus' dense modes against the experiments' exact sparse per-sample gradients
+IMDB_METHODS = [
+    ("non-private SGD", "nonprivate", None),
+    ("Opacus DP-SGD (hooks, dense batch)", "dp-sgd", "hooks"),
+    ("Opacus DP-SGD (ew, dense batch)", "dp-sgd", "ew"),
+    ("DP-SGD (exact sparse, no_op)", "dp-sgd", "sparse"),
+    ("DP-Adam (exact sparse, no_op)", "dp-adam", "sparse"),
+    ("DP²-RMSProp phase A (exact sparse, no_op)", "dp2-A", "sparse"),
+    ("DP²-RMSProp phase B (exact sparse, no_op)", "dp2-B", "sparse"),
+]
 
 
-class _TinyTransformer(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, D_MODEL)
-        layer = nn.TransformerEncoderLayer(D_MODEL, nhead=4, dim_feedforward=2 * D_MODEL, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, num_layers=LAYERS, enable_nested_tensor=False)
-        self.head = nn.Linear(D_MODEL, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.enc(self.emb(x)).mean(dim=1))
+def _methods(model_name: str) -> list[tuple[str, str, str | None]]:
+    return IMDB_METHODS if model_name == "imdb-lr" else METHODS
 
 
 def _model(name: str) -> nn.Module:
     torch.manual_seed(0)
     if name == "mlp":
         return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2))
-    from opacus.validators import ModuleValidator
+    if name == "imdb-lr":
+        return nn.Linear(FEATURES, 1)
+    from simulations.dp.transformer import Config, TextClassifier
 
-    return ModuleValidator.fix(_TinyTransformer())  # nn.MultiheadAttention -> Opacus' DPMultiheadAttention
+    c = Config()
+    return TextClassifier(c.vocab + 2, c.max_len, c.n_embd, c.n_head, c.n_layer, c.mlp_ratio)
+
+
+def _imdb_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A real Poisson batch of the dp2-imdb features: (sparse COO rows, the same rows dense, labels)."""
+    from simulations.datasets import load_imdb
+    from simulations.dp import _train
+
+    d = load_imdb()
+    rows = _train.SparseRows(d.x_train)
+    idx = _train.poisson_indices(len(d.y_train), BATCH / len(d.y_train), 1, 0)
+    x = rows.rows(idx)
+    return x, x.to_dense(), torch.as_tensor(d.y_train[idx], dtype=torch.float32)
 
 
 def _batch(name: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    x = (torch.rand(BATCH, FEATURES, generator=g) < 0.01).float() if name == "mlp" else torch.randint(
-        0, VOCAB, (BATCH, SEQ), generator=g
-    )
-    return x.to(device), torch.randint(0, 2, (BATCH,), generator=g).to(device)
+    if name == "mlp":
+        x, n = (torch.rand(BATCH, FEATURES, generator=g) < 0.01).float(), BATCH
+    else:
+        from simulations.dp.transformer import Config
+
+        c, n = Config(), TRANSFORMER_BATCH
+        x = torch.randint(1, c.vocab + 2, (n, c.max_len), generator=g)
+    return x.to(device), torch.randint(0, 2, (n,), generator=g).to(device)
+
+
+def _build_imdb(method: str, mode: str | None) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The dp2-imdb step: nn.Linear on the dense batch (non-private, Opacus hooks/ew) or the experiments'
+    SparseLogistic with exact sparse per-sample gradients (dpopt, grad_sample_mode="no_op")."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dpopt import DP2Config, PrivacyEngine
+    from simulations.dp import _train
+
+    xs, xd, y = _imdb_batch()
+    loader = DataLoader(TensorDataset(torch.arange(25_000)), batch_size=BATCH, drop_last=True)  # q = 1/390
+    bce = nn.functional.binary_cross_entropy_with_logits
+    if mode == "sparse":
+        model, x, loss = _train.SparseLogistic(FEATURES), xs, lambda m: _train.logistic_loss(m, (x, y))
+    else:
+        model, x = _model("imdb-lr"), xd
+        loss = lambda m: bce(m(x).squeeze(1), y)  # noqa: E731
+    inner = torch.optim.Adam(model.parameters(), lr=1e-3) if method == "dp-adam" else torch.optim.SGD(
+        model.parameters(), lr=5.0)
+    if method == "nonprivate":
+        def step() -> None:
+            inner.zero_grad(set_to_none=True)
+            loss(model).backward()
+            inner.step()
+
+        return step, lambda: inner.zero_grad(set_to_none=True)
+    dp2 = DP2Config(delay=10**6, clip2=5.0, lr2=3.0, eps=1e-7) if method.startswith("dp2") else None
+    module, opt, _ = PrivacyEngine().make_private(
+        module=model, optimizer=inner, data_loader=loader, noise_multiplier=1.0, max_grad_norm=0.5, dp2=dp2,
+        grad_sample_mode="no_op" if mode == "sparse" else mode)
+    if method == "dp2-B":
+        for g in opt.param_groups:
+            g["dp2_step"] = 10**6
+        for p in opt.params:
+            opt.state[p]["dp2_v"].uniform_(0.0, 1e-4)
+
+    def dp_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss(module).backward()
+        opt.step()
+
+    return dp_step, lambda: opt.zero_grad(set_to_none=True)
 
 
 def _build(model_name: str, method: str, mode: str | None, device: str) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -86,6 +154,8 @@ def _build(model_name: str, method: str, mode: str | None, device: str) -> tuple
     from dpopt import DP2Config, PrivacyEngine
     from dpopt.dp2 import DelayedPrecondRMSprop
 
+    if model_name == "imdb-lr":
+        return _build_imdb(method, mode)
     model = _model(model_name).to(device)
     x, y = _batch(model_name, device)
     loss_fn = nn.CrossEntropyLoss()
@@ -98,7 +168,7 @@ def _build(model_name: str, method: str, mode: str | None, device: str) -> tuple
             opt.step()
 
         return step, lambda: opt.zero_grad(set_to_none=True)
-    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=BATCH)  # q = 1: expected batch 64
+    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=len(x))  # q = 1: expected batch = len(x)
     dp2 = None
     if method == "dp-adam":
         inner = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -141,7 +211,7 @@ def _sync(device: str) -> None:
 
 def _time_all(model_name: str, device: str, reps: int, warmup: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
     steps, results = {}, {}
-    for label, method, mode in METHODS:
+    for label, method, mode in _methods(model_name):
         try:
             steps[label] = _build(model_name, method, mode, device)
             for _ in range(warmup):
@@ -178,7 +248,7 @@ def _memory_child(model_name: str, label: str, device: str) -> None:
     print the peak resident growth over the built state (MiB): gradients, optimizer state, per-sample
     gradients and temporaries, i.e. what training needs beyond the model and the batch."""
     torch.set_num_threads(1)
-    method, mode = next((m, md) for lab, m, md in METHODS if lab == label)
+    method, mode = next((m, md) for lab, m, md in _methods(model_name) if lab == label)
     fn, _ = _build(model_name, method, mode, device)
     with open("/proc/self/clear_refs", "w") as fh:  # "5" resets VmHWM (the peak RSS) of this process
         fh.write("5")
@@ -192,7 +262,7 @@ def _memory(model_name: str, device: str, labels: list[str]) -> dict[str, float]
     out = {}
     for label in labels:
         if device == "cuda":
-            method, mode = next((m, md) for lab, m, md in METHODS if lab == label)
+            method, mode = next((m, md) for lab, m, md in _methods(model_name) if lab == label)
             fn, release = _build(model_name, method, mode, device)
             fn()
             release()
@@ -219,7 +289,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--models", default="mlp,transformer")
+    ap.add_argument("--models", default="mlp,transformer,imdb-lr")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
@@ -244,21 +314,22 @@ def main() -> None:
         for v in res.values():
             if "median_s" in v:
                 v["ratio_to_nonprivate"] = v["median_s"] / floor
-        adam = res["Opacus DP-Adam (hooks)"]["median_s"]
-        dp2 = max(res["DP²-RMSProp phase A (hooks)"]["median_s"], res["DP²-RMSProp phase B (hooks)"]["median_s"])
+        tag = "exact sparse, no_op" if model_name == "imdb-lr" else "hooks"
+        adam_label = "DP-Adam (exact sparse, no_op)" if model_name == "imdb-lr" else "Opacus DP-Adam (hooks)"
+        adam = res[adam_label]["median_s"]
+        dp2 = max(res[f"DP²-RMSProp phase A ({tag})"]["median_s"], res[f"DP²-RMSProp phase B ({tag})"]["median_s"])
         # paired: the ratio within each interleaved round, then the median (robust to machine-load drift)
         paired = {
-            ph: statistics.median(
-                a / b for a, b in zip(times[f"DP²-RMSProp phase {ph} (hooks)"], times["Opacus DP-Adam (hooks)"])
-            )
+            ph: statistics.median(a / b for a, b in zip(times[f"DP²-RMSProp phase {ph} ({tag})"], times[adam_label]))
             for ph in "AB"
         }
         n_params = sum(p.numel() for p in _model(model_name).parameters())
+        batch = TRANSFORMER_BATCH if model_name == "transformer" else BATCH
         report["models"][model_name] = {
-            "params": n_params, "methods": res, "dp2_over_dp_adam": dp2 / adam,
+            "params": n_params, "batch": batch, "methods": res, "dp2_over_dp_adam": dp2 / adam,
             "dp2_over_dp_adam_paired": paired,
         }
-        print(f"\n## {model_name} ({n_params:,} params, batch {BATCH}, {args.device}, median of {args.reps})")
+        print(f"\n## {model_name} ({n_params:,} params, batch {batch}, {args.device}, median of {args.reps})")
         print("| method | median step (ms) | × non-private | peak memory (MiB) |")
         print("|---|---:|---:|---:|")
         for label, v in res.items():

@@ -1,4 +1,5 @@
-"""DP² (delayed-preconditioner) optimizers for Opacus, DP baselines and privacy accounting reports.
+"""DP² (delayed-preconditioner) optimizers for Opacus, DP baselines (incl. bias-corrected DP-Adam) and privacy
+accounting reports.
 
 Public names are imported lazily (Opacus is slow to import), each module on first use.
 """
@@ -14,13 +15,15 @@ _EXPORTS = {
     "DelayedPrecondRMSprop": "dpopt.dp2",
     "DP2Config": "dpopt.dp2",
     "NonFiniteGradientError": "dpopt.dp2",
+    "DPAdamBC": "dpopt.adam_bc",
     "PrivacyEngine": "dpopt.engine",
     "privacy_report": "dpopt.accounting",
     "calibrate_noise": "dpopt.accounting",
-    "BudgetGuard": "dpopt.accounting",
-    "BudgetExhaustedError": "dpopt.accounting",
+    "BudgetGuard": "dpopt.guard",
+    "BudgetExhaustedError": "dpopt.guard",
     "PrivacyReport": "dpopt.accounting",
     "epsilon_curve": "dpopt.accounting",
+    "history_epsilon": "dpopt.accounting",
     "make_dp_training": "dpopt.baselines",
     "make_optimizer": "dpopt.baselines",
 }

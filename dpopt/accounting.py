@@ -7,6 +7,12 @@ group-privacy lemma (k·ε, k·e^{(k-1)ε}·δ) used for the user-level figure:
   Opacus' RDP accountant, so both agree) and/or PLD.
 * Shuffled, each example once per epoch (the conservative figure of TF Privacy's privacy statement): no
   amplification, an example is in one batch per epoch, so ``SelfComposed(Gaussian(σ), ceil(T·q))``.
+* PRV (Gopi et al. 2021), Opacus' default accountant and so ``dpopt.PrivacyEngine``'s, is Opacus'
+  ``PRVAccountant`` on the same history; it is listed beside RDP and PLD so every report states the figure the
+  engine would give.
+
+A history is a list of ``(noise_multiplier, sample_rate, steps)`` entries, the format of Opacus' accountants:
+:func:`history_epsilon` composes one (σ may change during training, e.g. under a noise scheduler).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import contextlib
 import functools
 import logging
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dp_accounting
 from dp_accounting import dp_event
@@ -30,35 +38,64 @@ __all__ = [
     "privacy_report",
     "calibrate_noise",
     "epsilon",
+    "history_epsilon",
     "epsilon_curve",
-    "BudgetGuard",
-    "BudgetExhaustedError",
 ]
 
-ACCOUNTANTS = ("rdp", "pld")
+ACCOUNTANTS = ("rdp", "pld", "prv")
+REPORT_ACCOUNTANTS = ACCOUNTANTS
 PROTECTED = "example-level, add/remove adjacency"
 # Opacus' RDPAccountant.DEFAULT_ALPHAS: using the same orders makes our RDP ε equal Opacus' for one history.
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 PLD_DISCRETIZATION = 1e-4
 
 
+def _is_int(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, numbers.Integral)
+
+
+def _is_real(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, numbers.Real)
+
+
 def _validate(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> None:
-    if not (noise_multiplier > 0 and noise_multiplier < float("inf")):
+    if not (_is_real(noise_multiplier) and 0 < noise_multiplier < float("inf")):
         raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier!r}")
-    if not (0 < sample_rate <= 1):
+    if not (_is_real(sample_rate) and 0 < sample_rate <= 1):
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (0 < delta < 1):
+    if not (_is_real(delta) and 0 < delta < 1):
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
 
 
+def _check_accountant(name: str) -> None:
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {name!r}")
+
+
 def _accountant(name: str) -> dp_accounting.PrivacyAccountant:
+    """A fresh dp_accounting accountant ("rdp" or "pld"; PRV is Opacus', see :func:`_opacus_epsilon`)."""
     if name == "rdp":
         return rdp_privacy_accountant.RdpAccountant(orders=list(RDP_ORDERS))
     if name == "pld":
         return pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-    raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {name!r}")
+    raise ValueError(f"accountant must be 'rdp' or 'pld' here, got {name!r}")
+
+
+def _opacus_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """ε of ``history`` by Opacus' PRV accountant (the default of Opacus' and dpopt's PrivacyEngine)."""
+    from opacus.accountants import PRVAccountant
+
+    acc = PRVAccountant()
+    acc.history = [(float(s), float(q), int(t)) for s, q, t in history]
+    try:
+        return float(acc.get_epsilon(delta))
+    except (ValueError, RuntimeError, ArithmeticError) as err:
+        raise ValueError(
+            f"the PRV accountant could not evaluate this history ({len(history)} entries, smallest σ "
+            f"{min(h[0] for h in history):.3g}): {err}. Use accountant='rdp' (an upper bound) instead"
+        ) from err
 
 
 def dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_event.DpEvent:
@@ -109,10 +146,30 @@ def _pld_step(noise_multiplier: float, sample_rate: float) -> privacy_loss_distr
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
     """ε at ``delta`` after ``steps`` Poisson-sampled steps with noise σ and rate q."""
     _validate(noise_multiplier, sample_rate, steps, delta)
+    _check_accountant(accountant)
+    if accountant == "prv":
+        return _opacus_epsilon([(noise_multiplier, sample_rate, steps)], delta)
     if accountant == "pld":  # reuse the one-step PLD across calls (curves, the guard's search)
         step = _pld_step(float(noise_multiplier), float(sample_rate))
         return float(step.self_compose(steps).get_epsilon_for_delta(delta))
     return _epsilon_of(dpsgd_event(noise_multiplier, sample_rate, steps), delta, accountant)
+
+
+def history_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """ε at ``delta`` of a training history ``[(σ, q, steps), ...]`` (Opacus' accountant format): the
+    composition of each entry's Poisson-subsampled Gaussian steps. 0 for an empty history."""
+    _check_accountant(accountant)
+    entries = [(float(s), float(q), int(t)) for s, q, t in history]
+    if not entries:
+        return 0.0
+    for s, q, t in entries:
+        _validate(s, q, t, delta)
+    if len(entries) == 1:
+        return epsilon(*entries[0], delta, accountant)
+    if accountant == "prv":
+        return _opacus_epsilon(entries, delta)
+    event = dp_event.ComposedDpEvent([dpsgd_event(s, q, t) for s, q, t in entries])
+    return _epsilon_of(event, delta, accountant)
 
 
 def _group_epsilon(eps_of_delta: Callable[[float], float], k: int, delta: float) -> float:
@@ -184,7 +241,7 @@ def privacy_report(
     sample_rate: float,
     steps: int,
     delta: float,
-    accountants: Sequence[str] = ("rdp", "pld"),
+    accountants: Sequence[str] = REPORT_ACCOUNTANTS,
     max_examples_per_user: int | None = None,
 ) -> PrivacyReport:
     """ε at δ for T steps of Poisson-sampled (q) Gaussian (σ) releases, by each accountant, plus the
@@ -193,13 +250,17 @@ def privacy_report(
     _validate(noise_multiplier, sample_rate, steps, delta)
     if not accountants or any(a not in ACCOUNTANTS for a in accountants):
         raise ValueError(f"accountants must be a non-empty subset of {ACCOUNTANTS}, got {tuple(accountants)!r}")
-    if max_examples_per_user is not None and (
-        isinstance(max_examples_per_user, bool) or not isinstance(max_examples_per_user, int) or max_examples_per_user < 1
-    ):
-        raise ValueError(f"max_examples_per_user must be an integer >= 1 or None, got {max_examples_per_user!r}")
+    if max_examples_per_user is not None:
+        if not _is_int(max_examples_per_user) or max_examples_per_user < 1:
+            raise ValueError(f"max_examples_per_user must be an integer >= 1 or None, got {max_examples_per_user!r}")
+        max_examples_per_user = int(max_examples_per_user)
+    steps = int(steps)
     event = dpsgd_event(noise_multiplier, sample_rate, steps)
-    composed = {a: _composed(event, a) for a in dict.fromkeys(accountants)}
+    composed = {a: _composed(event, a) for a in dict.fromkeys(accountants) if a != "prv"}
     eps = {a: float(acc.get_epsilon(delta)) for a, acc in composed.items()}
+    if "prv" in accountants:
+        eps["prv"] = _opacus_epsilon([(noise_multiplier, sample_rate, steps)], delta)
+    eps = {a: eps[a] for a in dict.fromkeys(accountants)}
     epochs = steps * sample_rate
     n_epochs = max(1, math.ceil(epochs - 1e-9))
     shuffled = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), n_epochs)
@@ -230,36 +291,72 @@ def privacy_report(
     )
 
 
+_SIGMA_MIN, _SIGMA_MAX = 1e-2, 1e6  # the σ range calibration searches
+_PLD_SIGMA_MIN = 0.3  # below this a PLD at 1e-4 discretization gets too large to build in reasonable time
+
+
 def calibrate_noise(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """Smallest σ (RDP: to 1e-4, PLD: to 2e-3 absolute) whose T Poisson-sampled steps spend at most ``target_epsilon`` at δ."""
-    if not (target_epsilon > 0 and target_epsilon < float("inf")):
+    """Smallest σ (RDP: to 1e-4, PLD: to 2e-3 absolute) whose T Poisson-sampled steps spend at most
+    ``target_epsilon`` at δ. A target no σ in [0.01, 1e6] meets (or, for PLD, one that needs σ < 0.3) is a
+    ValueError that says which way to move, never a raw root-finding error."""
+    if not (_is_real(target_epsilon) and 0 < target_epsilon < float("inf")):
         raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
     _validate(1.0, sample_rate, steps, delta)
-    _accountant(accountant)
-    def calibrate(name: str, bracket: dp_accounting.BracketInterval) -> float:
-        with _quiet_absl():
-            return dp_accounting.calibrate_dp_mechanism(
-                make_fresh_accountant=lambda: _accountant(name),
-                make_event_from_param=lambda s: dpsgd_event(s, sample_rate, steps),
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                bracket_interval=bracket,
-                tol=1e-4 if name == "rdp" else 2e-3,
-            )
+    if accountant not in ("rdp", "pld"):
+        raise ValueError(f"accountant must be 'rdp' or 'pld' for calibration, got {accountant!r}")
+    steps = int(steps)
+    setting = f"(δ = {delta:g}, q = {sample_rate:g}, T = {steps})"
 
-    # RDP is cheap at any σ; PLD at tiny σ builds huge distributions, so bracket PLD's σ just below RDP's
-    # (PLD is the tighter accountant, so its σ is smaller, by a few percent in practice).
-    sigma = calibrate("rdp", dp_accounting.LowerEndpointAndGuess(1e-2, 1.0))
+    def eps_at(sigma: float, name: str) -> float:
+        return _epsilon_of(dpsgd_event(sigma, sample_rate, steps), delta, name)
+
+    if eps_at(_SIGMA_MIN, "rdp") <= target_epsilon:
+        raise ValueError(
+            f"target_epsilon={target_epsilon:g} is met by every σ >= {_SIGMA_MIN:g} {setting}; a smaller σ is no "
+            "meaningful privacy. Lower target_epsilon, or give the noise multiplier directly"
+        )
+    if eps_at(_SIGMA_MAX, "rdp") > target_epsilon:
+        raise ValueError(
+            f"target_epsilon={target_epsilon:g} is out of reach {setting}: even σ = {_SIGMA_MAX:g} spends more. "
+            "Raise target_epsilon or delta, or train fewer steps / with a smaller sample rate"
+        )
+
+    def calibrate(name: str, lo: float, hi: float) -> float:
+        with _quiet_absl():
+            try:
+                return dp_accounting.calibrate_dp_mechanism(
+                    make_fresh_accountant=lambda: _accountant(name),
+                    make_event_from_param=lambda s: dpsgd_event(s, sample_rate, steps),
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+                    tol=1e-4 if name == "rdp" else 2e-3,
+                )
+            except (ValueError, RuntimeError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:
+                raise ValueError(
+                    f"{name.upper()} calibration failed for target_epsilon={target_epsilon:g} {setting}: {err}"
+                ) from err
+
+    sigma = calibrate("rdp", _SIGMA_MIN, _SIGMA_MAX)
     if accountant == "pld":
+        # PLD is the tighter accountant, so its σ lies a few percent below RDP's: bracket it there.
+        if sigma < _PLD_SIGMA_MIN / 0.8:
+            raise ValueError(
+                f"PLD calibration needs σ below {_PLD_SIGMA_MIN / 0.8:.3g} here (RDP gives σ = {sigma:.4g} "
+                f"{setting}), where building the PLD is impractically slow; use accountant='rdp' (its σ is valid "
+                "and a few percent larger)"
+            )
         lo = 0.8 * sigma
-        while _epsilon_of(dpsgd_event(lo, sample_rate, steps), delta, "pld") <= target_epsilon:
-            if lo < 0.2 * sigma:
-                raise ValueError(f"PLD calibration found no σ in [{lo:.3g}, {sigma:.3g}] for target_epsilon")
+        while eps_at(lo, "pld") <= target_epsilon:
+            if lo < 0.2 * sigma or lo < _PLD_SIGMA_MIN:
+                raise ValueError(
+                    f"PLD calibration found no σ in [{lo:.3g}, {sigma:.3g}] for target_epsilon={target_epsilon:g} "
+                    f"{setting}; use accountant='rdp'"
+                )
             lo *= 0.8
-        hi = sigma * 1.05
-        sigma = calibrate("pld", dp_accounting.ExplicitBracketInterval(lo, hi))
+        sigma = calibrate("pld", lo, sigma * 1.05)
     return float(sigma)
 
 
@@ -274,103 +371,10 @@ def epsilon_curve(
     return [epsilon(noise_multiplier, sample_rate, int(t), delta, accountant) for t in steps]
 
 
-class BudgetExhaustedError(RuntimeError):
-    """Raised by :class:`BudgetGuard` instead of taking a step that would exceed the target ε."""
+def __getattr__(name: str) -> Any:
+    """``BudgetGuard`` and ``BudgetExhaustedError`` lived here before ``dpopt.guard``; keep the old import path."""
+    if name in ("BudgetGuard", "BudgetExhaustedError"):
+        from dpopt import guard
 
-    def __init__(self, message: str, epsilon_spent: float, steps_taken: int) -> None:
-        super().__init__(message)
-        self.epsilon_spent = epsilon_spent
-        self.steps_taken = steps_taken
-
-
-class BudgetGuard:
-    """Stops training before the target ε is exceeded.
-
-    Call :meth:`step` once before each optimizer step (or :meth:`attach` it to an Opacus ``DPOptimizer``).
-    The largest admissible step count is found once by bisection (ε is monotone in T), so a step costs an
-    integer compare. When the next step would push ε past ``target_epsilon`` it raises
-    :class:`BudgetExhaustedError` with the ε actually reached.
-    """
-
-    def __init__(
-        self,
-        target_epsilon: float,
-        delta: float,
-        noise_multiplier: float,
-        sample_rate: float,
-        accountant: str = "rdp",
-        steps_taken: int = 0,
-    ) -> None:
-        if not (target_epsilon > 0 and target_epsilon < float("inf")):
-            raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
-        _validate(noise_multiplier, sample_rate, 1, delta)
-        _accountant(accountant)
-        if steps_taken < 0:
-            raise ValueError(f"steps_taken must be >= 0, got {steps_taken!r}")
-        self.target_epsilon = float(target_epsilon)
-        self.delta = float(delta)
-        self.noise_multiplier = float(noise_multiplier)
-        self.sample_rate = float(sample_rate)
-        self.accountant = accountant
-        self.steps_taken = int(steps_taken)
-        self.max_steps = self._max_steps()
-
-    def _eps(self, steps: int) -> float:
-        return epsilon(self.noise_multiplier, self.sample_rate, steps, self.delta, self.accountant)
-
-    def _max_steps(self) -> int:
-        if self._eps(1) > self.target_epsilon:
-            return 0
-        lo, hi = 1, 2  # ε(lo) <= target
-        while self._eps(hi) <= self.target_epsilon:
-            lo, hi = hi, hi * 2
-            if hi > 10**9:
-                return 10**9
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self._eps(mid) <= self.target_epsilon:
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
-    @property
-    def remaining(self) -> int:
-        """Steps that can still be taken without exceeding the target."""
-        return max(0, self.max_steps - self.steps_taken)
-
-    def epsilon_spent(self) -> float:
-        """ε at δ after the steps taken so far (0 before the first)."""
-        return 0.0 if self.steps_taken == 0 else self._eps(self.steps_taken)
-
-    def step(self) -> None:
-        """Admit one more step, or raise BudgetExhaustedError if it would exceed the target ε."""
-        if self.steps_taken + 1 > self.max_steps:
-            spent = self.epsilon_spent()
-            raise BudgetExhaustedError(
-                f"privacy budget reached: {self.steps_taken} steps spent ε={spent:.4f} at δ={self.delta:g} "
-                f"({self.accountant}); one more step would exceed target ε={self.target_epsilon:g}. Training stopped.",
-                epsilon_spent=spent,
-                steps_taken=self.steps_taken,
-            )
-        self.steps_taken += 1
-
-    def attach(self, optimizer: object) -> None:
-        """Chain into an Opacus DPOptimizer's step hook so each real (non-skipped) step is checked before
-        the accountant records it and before the model is updated."""
-        previous = getattr(optimizer, "step_hook", None)
-
-        def hook(opt: object) -> None:
-            self.step()
-            if previous is not None:
-                previous(opt)
-
-        optimizer.attach_step_hook(hook)  # type: ignore[attr-defined]
-
-    def state_dict(self) -> dict:
-        """Checkpointable state (the step count; the rest is configuration)."""
-        return {"steps_taken": self.steps_taken}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        self.steps_taken = int(state["steps_taken"])
+        return getattr(guard, name)
+    raise AttributeError(f"module 'dpopt.accounting' has no attribute {name!r}")

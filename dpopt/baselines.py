@@ -1,6 +1,7 @@
-"""DP baselines through Opacus with stock torch optimizers: DP-SGD, DP-Adam, DP-RMSProp, DP-Adagrad.
+"""DP baselines through Opacus with stock torch optimizers: DP-SGD, DP-Adam, DP-RMSProp, DP-Adagrad, and
+bias-corrected DP-Adam (:class:`~dpopt.adam_bc.DPAdamBC`, Tang et al. 2024; opacus#679).
 
-Each is Opacus' ``DPOptimizer`` (clip per example, add N(0, σ²C²), average) around the stock optimizer, so the
+Each is Opacus' ``DPOptimizer`` (clip per example, add N(0, σ²C²), average) around the inner optimizer, so the
 optimizer's moments are post-processing of privatized gradients. :func:`make_dp_training` also builds the two
 DP² variants, so experiments can sweep all methods through one call::
 
@@ -10,6 +11,7 @@ DP² variants, so experiments can sweep all methods through one call::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -17,12 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dpopt.adam_bc import DPAdamBC
 from dpopt.dp2 import DelayedPrecondRMSprop, DP2Config
 from dpopt.engine import PrivacyEngine
 
 __all__ = ["BASELINES", "METHODS", "DPTraining", "make_optimizer", "make_dp_training"]
 
-BASELINES = ("dp-sgd", "dp-adam", "dp-rmsprop", "dp-adagrad")
+BASELINES = ("dp-sgd", "dp-adam", "dp-adam-bc", "dp-rmsprop", "dp-adagrad")
 METHODS = BASELINES + ("dp2-rmsprop", "dp2-adagrad", "dp2-noise-then-precond")
 
 
@@ -49,8 +52,9 @@ def make_optimizer(
     """The stock optimizer behind method ``name`` (before Opacus wraps it).
 
     ``eps``/``beta`` default to torch's (Adam: 1e-8, betas (0.9, 0.999); RMSprop: 1e-8, alpha 0.99;
-    Adagrad: 1e-10); ``beta`` is Adam's β2 or RMSprop's decay. DP² proper wraps SGD(lr = α1); the
-    noise-then-precondition variant reads s, α2, β, ε from ``dp2``.
+    Adagrad: 1e-10; DP-AdamBC: γ' = 1e-8 inside the square root); ``beta`` is Adam's β2 or RMSprop's decay.
+    DP² proper wraps SGD(lr = α1); the noise-then-precondition variant reads s, α2, β, ε from ``dp2`` (its
+    ``delay`` in steps: resolve ``delay_epochs`` first with ``DP2Config.resolve``).
     """
     if name not in METHODS:
         raise ValueError(f"name must be one of {METHODS}, got {name!r}")
@@ -63,6 +67,11 @@ def make_optimizer(
             params, lr=lr, eps=1e-8 if eps is None else eps, betas=(0.9, 0.999 if beta is None else beta),
             weight_decay=weight_decay,
         )
+    if name == "dp-adam-bc":
+        return DPAdamBC(
+            params, lr=lr, eps_root=1e-8 if eps is None else eps, betas=(0.9, 0.999 if beta is None else beta),
+            weight_decay=weight_decay,
+        )
     if name == "dp-rmsprop":
         return torch.optim.RMSprop(
             params, lr=lr, eps=1e-8 if eps is None else eps, alpha=0.99 if beta is None else beta,
@@ -70,7 +79,7 @@ def make_optimizer(
         )
     if name == "dp-adagrad":
         return torch.optim.Adagrad(params, lr=lr, eps=1e-10 if eps is None else eps, weight_decay=weight_decay)
-    cfg = dp2 or DP2Config()
+    cfg = (dp2 or DP2Config()).resolve()
     return DelayedPrecondRMSprop(
         params, lr=lr, lr2=cfg.lr2, delay=cfg.delay, beta=cfg.beta, eps=cfg.eps, weight_decay=weight_decay
     )
@@ -89,22 +98,25 @@ def make_dp_training(
     beta: float | None = None,
     weight_decay: float = 0.0,
     grad_sample_mode: str = "hooks",
-    accountant: str = "rdp",
+    accountant: str = "prv",
     noise_generator: torch.Generator | None = None,
     criterion: nn.Module | None = None,
 ) -> DPTraining:
     """Wrap ``module``/``data_loader`` for method ``name`` in a fresh :class:`dpopt.PrivacyEngine`.
 
     ``max_grad_norm`` is C (C1 for DP²). For "dp2-rmsprop"/"dp2-adagrad", ``dp2`` gives s, C2, α2, β, ε
-    (its ``method`` is set from the name). The data loader is replaced by Opacus' Poisson loader with
-    q = 1/len(data_loader).
+    (its ``method`` is set from the name; ``delay_epochs`` is resolved against ``len(data_loader)``). The data
+    loader is replaced by Opacus' Poisson loader with q = 1/len(data_loader). The accountant defaults to
+    Opacus' (PRV). For "dp-adam-bc" the inner :class:`~dpopt.adam_bc.DPAdamBC` follows the optimizer's σ·C/B.
     """
     if name in ("dp2-rmsprop", "dp2-adagrad"):
         if dp2 is None:
             raise ValueError(f"{name} needs dp2=DP2Config(delay=..., clip2=..., lr2=...)")
         method = name.split("-")[1]
         if dp2.method != method:
-            dp2 = DP2Config(**{**dp2.__dict__, "method": method})
+            dp2 = dataclasses.replace(dp2, method=method)
+    elif name == "dp2-noise-then-precond" and dp2 is not None:
+        dp2 = dp2.resolve(len(data_loader))
     optimizer = make_optimizer(
         name, module.parameters(), lr, eps=eps, beta=beta, weight_decay=weight_decay, dp2=dp2
     )
@@ -121,8 +133,7 @@ def make_dp_training(
         noise_generator=noise_generator,
         **extra,
     )
-    if len(out) == 4:
-        gsm, opt, crit, loader = out
-        return DPTraining(gsm, opt, loader, engine, crit)
-    gsm, opt, loader = out
-    return DPTraining(gsm, opt, loader, engine)
+    gsm, opt, crit, loader = out if len(out) == 4 else (out[0], out[1], None, out[2])
+    if isinstance(optimizer, DPAdamBC):
+        optimizer.attach(opt)
+    return DPTraining(gsm, opt, loader, engine, crit)

@@ -23,7 +23,10 @@ Two implementations:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+import numbers
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,8 @@ import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch.optim import Optimizer
+
+from dpopt._clip import clip_factors, clipped_sum
 
 __all__ = [
     "DP2Config",
@@ -42,7 +47,17 @@ __all__ = [
 
 
 class NonFiniteGradientError(FloatingPointError):
-    """A per-sample gradient held NaN or inf; the step was stopped before it could touch the model or v."""
+    """A gradient held NaN or inf; the step was stopped before it could touch the model, G or v.
+
+    :class:`DP2RMSprop` raises it from per-sample gradients, before noise and accounting, and drops the whole
+    logical batch (under ``BatchMemoryManager`` its remaining physical batches are ignored), so a caller that
+    catches it and goes on continues with the next logical batch: no noisy release mixes two Poisson batches.
+    :class:`DelayedPrecondRMSprop` raises it from the already privatized gradient: that release was made and is
+    accounted (ε counts it, which is conservative), the model and its state are untouched.
+    """
+
+
+_DEFAULT_DELAY = 100
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,12 @@ class DP2Config:
     """DP² hyperparameters beyond DP-SGD's (σ, C1 = ``max_grad_norm``, α1 = the SGD optimizer's ``lr``).
 
     Attributes:
-        delay: s, real optimizer steps per phase (s >= 1). The paper's IMDB setting is half an epoch.
+        delay: s, real optimizer steps per phase (an integer >= 1). None (the default) means 100 steps, with a
+            warning: a run of at most s steps never leaves phase A (it is plain DP-SGD). The paper's IMDB
+            setting is half an epoch (195 steps at B = 64).
+        delay_epochs: s in epochs of the data loader instead (> 0; exclusive with ``delay``), resolved to
+            ``max(1, round(delay_epochs · steps_per_epoch))`` by ``dpopt.PrivacyEngine.make_private``, which
+            knows ``len(data_loader)``.
         clip2: C2, the clip norm of preconditioned per-sample gradients in phase B (> 0); typically ~10·C1.
         lr2: α2, the phase-B learning rate (> 0), or None to keep α1. Typically much larger than α1.
         beta: RMSProp decay β in [0, 1) for the preconditioner refresh (ignored by the Adagrad variant).
@@ -59,27 +79,67 @@ class DP2Config:
         check_finite: stop a step whose per-sample gradients are NaN/inf (one host sync per step).
     """
 
-    delay: int = 100
+    delay: int | None = None
     clip2: float = 1.0
     lr2: float | None = None
     beta: float = 0.9
     eps: float = 1e-7
     method: str = "rmsprop"
     check_finite: bool = True
+    delay_epochs: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.delay, bool) or not isinstance(self.delay, int) or self.delay < 1:
-            raise ValueError(f"delay (s) must be an integer >= 1, got {self.delay!r}")
-        if not (self.clip2 > 0 and self.clip2 < float("inf")):
+        if self.delay is not None:
+            if isinstance(self.delay, bool) or not isinstance(self.delay, numbers.Integral) or self.delay < 1:
+                raise ValueError(f"delay (s) must be an integer >= 1 (steps) or None, got {self.delay!r}")
+            object.__setattr__(self, "delay", int(self.delay))
+        if self.delay_epochs is not None:
+            if self.delay is not None:
+                raise ValueError("give delay (steps) or delay_epochs (epochs), not both")
+            if not _finite_positive(self.delay_epochs):
+                raise ValueError(f"delay_epochs must be a finite number > 0 or None, got {self.delay_epochs!r}")
+            object.__setattr__(self, "delay_epochs", float(self.delay_epochs))
+        if not _finite_positive(self.clip2):
             raise ValueError(f"clip2 (C2) must be a finite number > 0, got {self.clip2!r}")
-        if self.lr2 is not None and not (self.lr2 > 0 and self.lr2 < float("inf")):
+        if self.lr2 is not None and not _finite_positive(self.lr2):
             raise ValueError(f"lr2 (alpha2) must be a finite number > 0 or None, got {self.lr2!r}")
-        if not (0.0 <= self.beta < 1.0):
+        if isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real) or not (0.0 <= self.beta < 1.0):
             raise ValueError(f"beta must be in [0, 1), got {self.beta!r}")
-        if not (self.eps > 0 and self.eps < float("inf")):
+        if not _finite_positive(self.eps):
             raise ValueError(f"eps must be a finite number > 0, got {self.eps!r}")
         if self.method not in ("rmsprop", "adagrad"):
             raise ValueError(f"method must be 'rmsprop' or 'adagrad', got {self.method!r}")
+        for name in ("clip2", "lr2", "beta", "eps"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+
+    def resolve(self, steps_per_epoch: int | None = None) -> DP2Config:
+        """This config with ``delay`` in steps: from ``delay_epochs`` (needs ``steps_per_epoch``) or the default
+        100 (with a warning that says how long phase A then lasts)."""
+        if self.delay is not None:
+            return self
+        if self.delay_epochs is not None:
+            if steps_per_epoch is None:
+                raise ValueError(
+                    "DP2Config(delay_epochs=...) needs the steps per epoch: build the optimizer with "
+                    "dpopt.PrivacyEngine.make_private (it reads len(data_loader)) or pass steps_per_epoch="
+                )
+            delay = max(1, round(self.delay_epochs * steps_per_epoch))
+            return dataclasses.replace(self, delay=delay, delay_epochs=None)
+        span = f" (= {_DEFAULT_DELAY / steps_per_epoch:.3g} epochs of this data loader)" if steps_per_epoch else ""
+        warnings.warn(
+            f"DP2Config.delay not set: using s = {_DEFAULT_DELAY} steps per phase{span}. A run of at most "
+            f"{_DEFAULT_DELAY} steps never leaves phase A, i.e. it is plain DP-SGD. Set delay= (steps) or "
+            "delay_epochs= (the paper's IMDB setting is half an epoch)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return dataclasses.replace(self, delay=_DEFAULT_DELAY)
+
+
+def _finite_positive(x: object) -> bool:
+    return not isinstance(x, bool) and isinstance(x, numbers.Real) and 0 < x < float("inf")
 
 
 def _check_sgd(optimizer: Optimizer) -> None:
@@ -94,35 +154,20 @@ def _check_sgd(optimizer: Optimizer) -> None:
             raise ValueError(f"DP² needs SGD with momentum=0, got momentum={group.get('momentum')}")
 
 
-def _scaled_sq_norms(flat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """‖g_i ⊙ scale‖² = Σ_j g_ij² scale_j² for each row g_i of ``flat`` (B × P).
-
-    On CPU this runs in column blocks of ~2^20 elements (g² block, then a matrix-vector product with
-    scale²), so no B × P temporary is allocated and phase B costs about what phase A's plain norm pass
-    costs. On GPUs, where launches cost more than bandwidth, it is one fused expression.
-    """
-    n, width = flat.shape
-    if flat.device.type != "cpu" or n * width <= 1 << 20:
-        return torch.linalg.vector_norm(flat * scale, dim=1) ** 2
-    block = max(1, (1 << 20) // n)
-    scale2 = scale * scale
-    out = torch.zeros(n, dtype=flat.dtype, device=flat.device)
-    for a in range(0, width, block):
-        part = flat[:, a : a + block]
-        out.addmv_(part * part, scale2[a : a + block])
-    return out
-
-
 class DP2RMSprop(DPOptimizer):
     """DP²-RMSProp: Opacus ``DPOptimizer`` with per-sample preconditioning in phase B (see module docstring).
 
     ``max_grad_norm`` is C1; the wrapped ``torch.optim.SGD``'s ``lr`` is α1; ``config`` holds s, C2, α2, β, ε.
     Per-parameter G and v live in ``optimizer.state[p]`` ("dp2_G", "dp2_v"); the step counter, the phase-A
-    count k and α1 live in each param group ("dp2_step", "dp2_count", "dp2_lr1"), so Opacus' ``state_dict``
-    delegation to the wrapped optimizer checkpoints all DP² state. Skipped (virtual) steps of Opacus'
+    count, the base α1 and the variant live in each param group ("dp2_step", "dp2_count", "dp2_lr1",
+    "dp2_method"), so Opacus' ``state_dict`` delegation to the wrapped optimizer checkpoints all DP² state, and
+    ``load_state_dict`` refuses a checkpoint of another optimizer. Skipped (virtual) steps of Opacus'
     ``BatchMemoryManager`` only accumulate clipped gradients and never advance the phase.
-    The optimizer sets each group's ``lr`` to α1 or α2 before every step; to schedule α1, change the
-    group's "dp2_lr1" (a scheduler that writes ``lr`` would be overridden).
+
+    Schedules are honoured: between steps each group's ``lr`` is the (scheduled) α1 and ``max_grad_norm`` the
+    (scheduled) C1, so torch LR schedulers and Opacus' clip schedulers work as with DP-SGD; phase B uses α2 and
+    C2 scaled by the same factors (lr / base α1, max_grad_norm / base C1). Noise schedulers change σ, which the
+    accountant records per step.
     """
 
     _METHOD = "rmsprop"
@@ -138,21 +183,26 @@ class DP2RMSprop(DPOptimizer):
         loss_reduction: str = "mean",
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
+        steps_per_epoch: int | None = None,
         **kwargs: Any,
     ) -> None:
         config = DP2Config(method=self._METHOD) if config is None else config
+        if not isinstance(config, DP2Config):
+            raise ValueError(f"config must be a dpopt.DP2Config, got {type(config).__name__}")
         if config.method != self._METHOD:
             raise ValueError(
                 f"{type(self).__name__} needs DP2Config(method={self._METHOD!r}), got method={config.method!r}"
             )
-        if not isinstance(max_grad_norm, int | float) or not max_grad_norm > 0:
+        if not _finite_positive(max_grad_norm):
             raise ValueError(f"max_grad_norm (C1) must be a number > 0 (flat clipping), got {max_grad_norm!r}")
-        if not noise_multiplier >= 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier!r}")
+        if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real) or not (
+            0 <= noise_multiplier < float("inf")
+        ):
+            raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
         _check_sgd(optimizer)
         super().__init__(
             optimizer,
-            noise_multiplier=noise_multiplier,
+            noise_multiplier=float(noise_multiplier),
             max_grad_norm=float(max_grad_norm),
             expected_batch_size=expected_batch_size,
             loss_reduction=loss_reduction,
@@ -160,12 +210,14 @@ class DP2RMSprop(DPOptimizer):
             secure_mode=secure_mode,
             **kwargs,
         )
-        self.config = config
+        self.config = config.resolve(steps_per_epoch)
         self.clip1 = float(max_grad_norm)
+        self._discarding = False  # dropping the rest of a logical batch after a non-finite gradient
         for group in self.original_optimizer.param_groups:
             group.setdefault("dp2_lr1", group["lr"])
             group.setdefault("dp2_step", 0)
             group.setdefault("dp2_count", 0)
+            group.setdefault("dp2_method", self._METHOD)
         for p in self.params:
             st = self.original_optimizer.state[p]
             st.setdefault("dp2_G", torch.zeros_like(p, memory_format=torch.preserve_format))
@@ -188,57 +240,69 @@ class DP2RMSprop(DPOptimizer):
         """D = √v + ε for parameter ``p`` (frozen during phase B)."""
         return self.original_optimizer.state[p]["dp2_v"].sqrt().add_(self.config.eps)
 
-    def _set_phase(self) -> bool:
-        adaptive = self.in_adaptive_phase
-        self.max_grad_norm = self.config.clip2 if adaptive else self.clip1  # noise std follows: σ·C
-        for group in self.original_optimizer.param_groups:
-            lr2 = self.config.lr2 if self.config.lr2 is not None else group["dp2_lr1"]
-            group["lr"] = lr2 if adaptive else group["dp2_lr1"]
-        return adaptive
+    def _enter_phase(self) -> tuple[float, list[float]]:
+        """Set this step's clip norm and learning rates from the scheduled C1 and α1; return them for
+        :meth:`_leave_phase`. Phase A keeps them; phase B uses C2·(C1_now/C1) and α2·(α1_now/α1)."""
+        scheduled = (float(self.max_grad_norm), [float(g["lr"]) for g in self.original_optimizer.param_groups])
+        if not _finite_positive(scheduled[0]):
+            raise ValueError(
+                f"max_grad_norm must be a number > 0 (flat clipping; a clip scheduler set {scheduled[0]!r})"
+            )
+        if self.in_adaptive_phase:
+            self.max_grad_norm = self.config.clip2 * scheduled[0] / self.clip1  # noise std follows: σ·C
+            for group, lr in zip(self.original_optimizer.param_groups, scheduled[1]):
+                alpha2 = self.config.lr2 if self.config.lr2 is not None else group["dp2_lr1"]
+                group["lr"] = alpha2 * lr / group["dp2_lr1"]
+        return scheduled
+
+    def _leave_phase(self, scheduled: tuple[float, list[float]]) -> None:
+        self.max_grad_norm = scheduled[0]
+        for group, lr in zip(self.original_optimizer.param_groups, scheduled[1]):
+            group["lr"] = lr
 
     # ----------------------------------------------------------------------------------------------------
     # the DP stages
+    def _raw_grad_sample(self, p: torch.Tensor) -> torch.Tensor:
+        """p's per-sample gradients (dense, or row-sparse COO; several accumulated batches concatenated)."""
+        gs = p.grad_sample
+        if isinstance(gs, list) and gs and gs[0].is_sparse:
+            return torch.cat(gs, dim=0)
+        return DPOptimizer._get_flat_grad_sample(self, p)
+
     def _get_flat_grad_sample(self, p: torch.Tensor) -> torch.Tensor:
         """Per-sample gradients g_i, preconditioned to g_i / (√v + ε) in phase B (what gets clipped)."""
-        g = super()._get_flat_grad_sample(p)
-        if self.in_adaptive_phase:
-            g = g / self.preconditioner(p).to(g.dtype)
-        return g
+        g = self._raw_grad_sample(p)
+        if not self.in_adaptive_phase:
+            return g
+        d = self.preconditioner(p)
+        if g.is_sparse:
+            g = g.coalesce()
+            vals = g.values() / d[g.indices()[1]].to(g.dtype)
+            return torch.sparse_coo_tensor(g.indices(), vals, g.shape)
+        return g / d.to(g.dtype)
 
     def clip_and_accumulate(self) -> None:
         """p.summed_grad += Σ_i c_i·g_i/D with c_i = min(1, C/‖g/D‖_i) (D = 1 in phase A).
 
         Same result as clipping ``_get_flat_grad_sample`` but without materializing g_i/D for the sum:
-        Σ_i c_i (g_i/D) = (Σ_i c_i g_i)/D since D does not depend on i. Raises NonFiniteGradientError before
-        anything is accumulated if a per-sample gradient is NaN/inf.
+        Σ_i c_i (g_i/D) = (Σ_i c_i g_i)/D since D does not depend on i. Per-sample gradients may be dense or
+        row-sparse (``dpopt._clip``). Raises NonFiniteGradientError before anything is accumulated if a
+        per-sample gradient is NaN/inf.
         """
         params = self.params
-        raw = [DPOptimizer._get_flat_grad_sample(self, p) for p in params]
-        adaptive = self.in_adaptive_phase
-        inv_d = [self.preconditioner(p).reciprocal_() for p in params] if adaptive else None
-        n = len(raw[0])
-        if n == 0:
-            factor = torch.zeros((0,), device=raw[0].device)
-        else:
-            sq = []
-            for i, g in enumerate(raw):
-                flat = g.reshape(n, -1)
-                if inv_d is None:
-                    sq.append(torch.linalg.vector_norm(flat, dim=1).to(raw[0].device) ** 2)
-                else:
-                    sq.append(_scaled_sq_norms(flat, inv_d[i].reshape(-1).to(flat.dtype)).to(raw[0].device))
-            norms = torch.stack(sq, dim=1).sum(dim=1).sqrt()
-            if self.config.check_finite and not bool(torch.isfinite(norms).all()):
-                bad = int((~torch.isfinite(norms)).sum())
-                raise NonFiniteGradientError(
-                    f"{bad} of {n} per-sample gradients are NaN/inf at DP² step {self.dp2_step}; the step was "
-                    "stopped before updating the model or the preconditioner (check the loss, inputs and lr)"
-                )
-            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        raw = [self._raw_grad_sample(p) for p in params]
+        inv_d = [self.preconditioner(p).reciprocal_() for p in params] if self.in_adaptive_phase else None
+        norms, factor = clip_factors(raw, self.max_grad_norm, inv_d)
+        if self.config.check_finite and len(norms) and not bool(torch.isfinite(norms).all()):
+            bad = int((~torch.isfinite(norms)).sum())
+            raise NonFiniteGradientError(
+                f"{bad} of {len(norms)} per-sample gradients are NaN/inf at DP² step {self.dp2_step}; this logical "
+                "batch was dropped (no noise, no accounting; under BatchMemoryManager its remaining physical "
+                "batches are ignored) and the model, G and v are unchanged. Check the loss, inputs and lr"
+            )
         for i, p in enumerate(params):
             _check_processed_flag(p.grad_sample)
-            g = raw[i].to(p.dtype)
-            grad = torch.einsum("i,i...", factor.to(g.device, p.dtype), g)
+            grad = clipped_sum(raw[i], factor, p.shape, p.dtype)
             if inv_d is not None:
                 grad = grad * inv_d[i].to(grad.dtype)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
@@ -264,12 +328,29 @@ class DP2RMSprop(DPOptimizer):
         for group in groups:
             group["dp2_count"] = k
 
+    def _drop_logical_batch(self) -> None:
+        """Forget this physical batch and what its logical batch accumulated; take its skip signal off the
+        queue and, if more physical batches of the same logical batch follow, ignore them too."""
+        more = bool(self._check_skip_next_step())
+        self._discarding = more
+        self._is_last_step_skipped = False
+        for p in self.params:
+            p.summed_grad = None
+            p.grad_sample = None
+
     def pre_step(self, closure: Callable[[], float] | None = None) -> bool:
         """Clip (phase geometry), and on a real step: noise σ·C, scale, account, then update G/v and t."""
-        adaptive = self._set_phase()
         if not self.params:
             return True
-        self.clip_and_accumulate()
+        if self._discarding:  # the rest of a logical batch that held a non-finite gradient
+            self._drop_logical_batch()
+            return False
+        adaptive = self.in_adaptive_phase
+        try:
+            self.clip_and_accumulate()
+        except NonFiniteGradientError:
+            self._drop_logical_batch()
+            raise
         if self._check_skip_next_step():
             self._is_last_step_skipped = True
             return False
@@ -284,6 +365,46 @@ class DP2RMSprop(DPOptimizer):
             group["dp2_step"] = int(group["dp2_step"]) + 1
         return True
 
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One DP² step: the phase's C and α are set for the duration of the step only (schedules see C1, α1)."""
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        scheduled = self._enter_phase()
+        try:
+            if self.pre_step():
+                return self.original_optimizer.step()
+            return None
+        finally:
+            self._leave_phase(scheduled)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a DP² ``state_dict``; a checkpoint of another optimizer (DP-SGD, DP-Adam, the other DP²
+        variant) is refused with a ValueError instead of failing later with a KeyError."""
+        _check_dp2_state(state_dict, self._METHOD, type(self).__name__)
+        self.original_optimizer.load_state_dict(state_dict)
+
+
+def _check_dp2_state(state: dict[str, Any], method: str, who: str) -> None:
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not groups:
+        raise ValueError(f"{who}.load_state_dict needs an optimizer state_dict, got {type(state).__name__}")
+    missing = [k for k in ("dp2_step", "dp2_count", "dp2_lr1") if any(k not in g for g in groups)]
+    if any("lr2" in g and "delay" in g for g in groups):  # DelayedPrecondRMSprop's groups
+        missing.append("dp2_method (it is a DelayedPrecondRMSprop checkpoint)")
+    if missing:
+        raise ValueError(
+            f"this checkpoint was not saved by a DP² optimizer (its param groups lack {missing}): it comes from "
+            f"another optimizer (e.g. DP-SGD or DP-Adam). Load it into that optimizer, or start {who} fresh and "
+            "restore only the model's weights"
+        )
+    saved = {g.get("dp2_method", "rmsprop") for g in groups}
+    if saved != {method}:
+        raise ValueError(f"this checkpoint is a DP²-{saved.pop()} optimizer's; {who} is DP²-{method}")
+    for idx, st in state.get("state", {}).items():
+        if "dp2_G" not in st or "dp2_v" not in st:
+            raise ValueError(f"this checkpoint's state for parameter {idx} has no DP² G/v (saved by another optimizer)")
+
 
 class DP2Adagrad(DP2RMSprop):
     """DP²-AdaGrad: DP²-RMSProp with the refresh v += (G/k)² (a running sum, no decay)."""
@@ -294,79 +415,4 @@ class DP2Adagrad(DP2RMSprop):
         v.addcmul_(G, G, value=1.0 / (k * k))
 
 
-class DelayedPrecondRMSprop(Optimizer):
-    """Delayed-preconditioner RMSProp applied AFTER privatization ("noise, then precondition").
-
-    Update on the (already privatized) gradient g̃ = p.grad, counting calls to ``step()``::
-
-        phase A (t mod 2s < s): w -= lr·g̃ ; G += g̃ ; at the phase end v = β v + (1-β)(G/k)², G = 0
-        phase B:                w -= lr2·g̃ / (√v + eps)
-
-    Everything is a function of released gradients, so wrapping it in any Opacus ``DPOptimizer`` (every
-    grad-sample mode, ghost clipping included) keeps DP-SGD's guarantee. Unlike :class:`DP2RMSprop`, the clip
-    norm is the same in both phases and applies to raw per-sample gradients, so preconditioned directions get
-    the raw-geometry noise: the authors' ablation, which the paper reports loses some utility.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        *,
-        lr2: float | None = None,
-        delay: int = 100,
-        beta: float = 0.9,
-        eps: float = 1e-7,
-        weight_decay: float = 0.0,
-    ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        DP2Config(delay=delay, lr2=lr2, beta=beta, eps=eps)  # the same validation as DP² proper
-        lr2 = lr if lr2 is None else lr2
-        defaults = dict(lr=lr, lr2=lr2, delay=delay, beta=beta, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            group.setdefault("dp2_step", 0)
-            group.setdefault("dp2_count", 0)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One update on p.grad; refreshes v at the end of each phase A."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            s, t = group["delay"], int(group["dp2_step"])
-            adaptive = (t % (2 * s)) >= s
-            last_a = (t % (2 * s)) == s - 1
-            k = int(group["dp2_count"]) + (0 if adaptive else 1)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if not bool(torch.isfinite(g).all()):
-                    raise NonFiniteGradientError(f"non-finite gradient at step {t}; v left untouched")
-                st = self.state[p]
-                if not st:
-                    st["G"] = torch.zeros_like(p)
-                    st["v"] = torch.zeros_like(p)
-                if adaptive:
-                    d = st["v"].sqrt().add_(group["eps"])
-                    upd = g / d
-                    lr = group["lr2"]
-                else:
-                    st["G"].add_(g)
-                    if last_a:
-                        st["v"].mul_(group["beta"]).addcmul_(st["G"], st["G"], value=(1 - group["beta"]) / (k * k))
-                        st["G"].zero_()
-                    upd = g
-                    lr = group["lr"]
-                if group["weight_decay"]:
-                    upd = upd.add(p, alpha=group["weight_decay"])
-                p.add_(upd, alpha=-lr)
-            group["dp2_count"] = 0 if (adaptive or last_a) else k
-            group["dp2_step"] = t + 1
-        return loss
+from dpopt.delayed import DelayedPrecondRMSprop  # noqa: E402  (re-exported: it was defined here before)

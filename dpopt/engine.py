@@ -3,11 +3,16 @@
 Opacus has no argument for a custom ``DPOptimizer`` class; its own research optimizers subclass
 ``PrivacyEngine`` and override ``_prepare_optimizer``. We do the same, and add the checks DP² needs:
 flat clipping, a non-distributed model, a grad-sample mode that materializes per-sample gradients
-("hooks", "functorch", "ew"), and Poisson sampling under a DP claim.
+("hooks", "functorch", "ew", or "no_op" when the caller sets ``p.grad_sample`` itself), and Poisson sampling
+under a DP claim. With ``grad_sample_mode="no_op"`` (the caller sets ``p.grad_sample``) per-sample gradients
+may be row-sparse COO tensors (embedding tables, sparse features), clipped without densifying. The default
+accountant is Opacus' (PRV), so swapping ``opacus.PrivacyEngine`` for this one
+does not change σ or ε.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -19,11 +24,12 @@ from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dpopt._clip import SparseAwareDPOptimizer
 from dpopt.dp2 import DP2Adagrad, DP2Config, DP2RMSprop
 
 __all__ = ["PrivacyEngine", "DP2_GRAD_SAMPLE_MODES"]
 
-DP2_GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
+DP2_GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "no_op")
 _DP2_CLASSES = {"rmsprop": DP2RMSprop, "adagrad": DP2Adagrad}
 
 
@@ -31,8 +37,10 @@ class PrivacyEngine(_OpacusPrivacyEngine):
     """Opacus ``PrivacyEngine`` whose ``make_private``/``make_private_with_epsilon`` take ``dp2=DP2Config(...)``.
 
     With ``dp2=None`` it behaves like Opacus' engine (any stock optimizer, e.g. DP-Adam or
-    :class:`~dpopt.dp2.DelayedPrecondRMSprop`, every grad-sample mode), except that it defaults to the RDP
-    accountant and refuses ``poisson_sampling=False`` unless ``allow_non_poisson=True`` is given.
+    :class:`~dpopt.dp2.DelayedPrecondRMSprop`, every grad-sample mode; the same default accountant, PRV),
+    except that it refuses ``poisson_sampling=False`` unless ``allow_non_poisson=True`` is given. After
+    ``make_private`` the engine records the loader's ``sample_rate`` (q = 1/len(data_loader)), which
+    :class:`~dpopt.accounting.BudgetGuard` reads.
     With a ``DP2Config`` the wrapped optimizer must be ``torch.optim.SGD(params, lr=alpha1)`` and
     ``max_grad_norm`` is C1; the returned optimizer is a :class:`~dpopt.dp2.DP2RMSprop` or
     :class:`~dpopt.dp2.DP2Adagrad` (``config.method``).
@@ -45,14 +53,16 @@ class PrivacyEngine(_OpacusPrivacyEngine):
             noise_multiplier=1.0, max_grad_norm=0.5, dp2=DP2Config(delay=195, clip2=5.0, lr2=3.0, eps=1e-7))
     """
 
-    def __init__(self, *, accountant: str = "rdp", secure_mode: bool = False) -> None:
-        if accountant not in ("rdp", "prv", "gdp"):
+    def __init__(self, *, accountant: str = "prv", secure_mode: bool = False) -> None:
+        if accountant not in ("prv", "rdp", "gdp"):
             raise ValueError(f"accountant must be 'rdp', 'prv' or 'gdp', got {accountant!r}")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             super().__init__(accountant=accountant, secure_mode=secure_mode)
         self._dp2: DP2Config | None = None
+        self._steps_per_epoch: int | None = None
         self.poisson_sampling = True
+        self.sample_rate: float | None = None
 
     def _prepare_optimizer(
         self,
@@ -69,6 +79,19 @@ class PrivacyEngine(_OpacusPrivacyEngine):
         **kwargs: Any,
     ) -> DPOptimizer:
         """Build the stock Opacus optimizer, or a DP² one when ``make_private`` was given a ``DP2Config``."""
+        if self._dp2 is None and grad_sample_mode == "no_op" and clipping == "flat" and not distributed:
+            if isinstance(optimizer, DPOptimizer):
+                optimizer = optimizer.original_optimizer
+            return SparseAwareDPOptimizer(
+                optimizer,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                expected_batch_size=expected_batch_size,
+                loss_reduction=loss_reduction,
+                generator=self.secure_rng if self.secure_mode else noise_generator,
+                secure_mode=self.secure_mode,
+                **kwargs,
+            )
         if self._dp2 is None:
             return super()._prepare_optimizer(
                 optimizer=optimizer,
@@ -88,6 +111,7 @@ class PrivacyEngine(_OpacusPrivacyEngine):
             raise ValueError("DP² supports non-distributed training only; unwrap the DDP/FSDP model")
         generator = self.secure_rng if self.secure_mode else noise_generator
         cls = _DP2_CLASSES[self._dp2.method]
+        kwargs.setdefault("steps_per_epoch", self._steps_per_epoch)
         return cls(
             optimizer,
             noise_multiplier=noise_multiplier,
@@ -148,8 +172,12 @@ class PrivacyEngine(_OpacusPrivacyEngine):
                 UserWarning,
                 stacklevel=2,
             )
+        if poisson_sampling and grad_sample_mode == "ew":
+            _warn_empty_batches(data_loader)
         self.poisson_sampling = poisson_sampling
-        self._dp2 = dp2
+        self._steps_per_epoch = len(data_loader)
+        self._dp2 = None if dp2 is None else dp2.resolve(self._steps_per_epoch)
+        self.sample_rate = 1 / len(data_loader)
         try:
             return super().make_private(
                 module=module,
@@ -170,6 +198,7 @@ class PrivacyEngine(_OpacusPrivacyEngine):
             ) from err
         finally:
             self._dp2 = None
+            self._steps_per_epoch = None
 
     def make_private_with_epsilon(
         self,
@@ -191,8 +220,18 @@ class PrivacyEngine(_OpacusPrivacyEngine):
             raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
         if not 0 < target_delta < 1:
             raise ValueError(f"target_delta must be in (0, 1), got {target_delta!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        epochs = int(epochs)
+        if dp2 is not None and isinstance(dp2, DP2Config):
+            dp2 = dp2.resolve(len(data_loader))
+            if dp2.delay >= epochs * len(data_loader):
+                warnings.warn(
+                    f"DP² delay s = {dp2.delay} steps >= the whole run ({epochs} epochs × {len(data_loader)} steps): "
+                    "training never leaves phase A, i.e. it is plain DP-SGD. Use a smaller delay or delay_epochs",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if len(self.accountant) > 0:
             warnings.warn(
                 "make_private_with_epsilon with budget already spent: σ is calibrated from zero, so the "
@@ -200,14 +239,22 @@ class PrivacyEngine(_OpacusPrivacyEngine):
                 UserWarning,
                 stacklevel=2,
             )
-        sigma = get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=target_delta,
-            sample_rate=1 / len(data_loader),
-            epochs=epochs,
-            accountant=self.accountant.mechanism(),
-            epsilon_tolerance=epsilon_tolerance,
-        )
+        try:
+            sigma = get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=target_delta,
+                sample_rate=1 / len(data_loader),
+                epochs=epochs,
+                accountant=self.accountant.mechanism(),
+                epsilon_tolerance=epsilon_tolerance,
+            )
+        except Exception as err:  # Opacus/PRV root finding: "budget is too low", brentq brackets, ...
+            raise ValueError(
+                f"cannot calibrate σ for target_epsilon={target_epsilon:g} at target_delta={target_delta:g} over "
+                f"{epochs} epochs of q = 1/{len(data_loader)} with the {self.accountant.mechanism()} accountant "
+                f"({type(err).__name__}: {err}). A target this small needs more noise than is practical and a "
+                "large one less than can be calibrated: change target_epsilon, epochs or the batch size"
+            ) from err
         return self.make_private(
             module=module,
             optimizer=optimizer,
@@ -216,6 +263,25 @@ class PrivacyEngine(_OpacusPrivacyEngine):
             max_grad_norm=max_grad_norm,
             dp2=dp2,
             **kwargs,
+        )
+
+
+def _warn_empty_batches(data_loader: DataLoader) -> None:
+    """ExpandedWeights ("ew") raises on an empty batch; Poisson sampling draws one with probability (1-q)^N."""
+    try:
+        n = len(data_loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    q = 1 / len(data_loader)
+    per_epoch = len(data_loader) * (1 - q) ** n
+    if per_epoch > 1e-3:
+        warnings.warn(
+            f"grad_sample_mode='ew' fails on an empty Poisson batch (RuntimeError 'Batch size must be positive'), "
+            f"and this loader draws one with probability {(1 - q) ** n:.2g} per step ({per_epoch:.2g} per epoch). "
+            "Use grad_sample_mode='hooks' or 'functorch' (an empty batch then takes a noise-only step), a larger "
+            "batch, or rand_on_empty=True",
+            UserWarning,
+            stacklevel=3,
         )
 
 

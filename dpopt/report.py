@@ -21,6 +21,9 @@ from dpopt.accounting import ACCOUNTANTS, PrivacyReport, calibrate_noise, epsilo
 
 __all__ = ["format_report", "main", "plot_epsilon_curve"]
 
+_NOTE = {"prv": " (Opacus' and dpopt.PrivacyEngine's default)"}
+_SOURCE = {"rdp": "dp_accounting", "pld": "dp_accounting", "prv": "Opacus' PRVAccountant"}
+
 
 def format_report(report: PrivacyReport, dataset_size: int | None = None, calibrated_for: float | None = None) -> str:
     """The human-readable privacy statement for ``report``."""
@@ -40,7 +43,7 @@ def format_report(report: PrivacyReport, dataset_size: int | None = None, calibr
         "",
         f"Protected: {r.protected} (example-level DP, add-or-remove-one adjacency), at δ = {r.delta:g}:",
     ]
-    rows = [(f"ε, Poisson sampling, {a.upper()} accountant (*)", r.epsilon[a]) for a in r.epsilon]
+    rows = [(f"ε, Poisson sampling, {a.upper()} accountant{_NOTE.get(a, '')} (*)", r.epsilon[a]) for a in r.epsilon]
     rows.append(("ε, each example once per epoch, arbitrary order (conservative)", r.epsilon_shuffled))
     width = max(len(name) for name, _ in rows) + 2
     lines += [f"  {name:<{width}}{val:10.4f}" for name, val in rows]
@@ -64,9 +67,9 @@ def format_report(report: PrivacyReport, dataset_size: int | None = None, calibr
         "(e.g. a vocabulary or feature scaling computed from the training set), and floating-point attacks on",
         "the noise unless training ran with secure_mode=True.",
         "",
-        f"Computed with dp_accounting ({', '.join(a.upper() for a in r.epsilon)}) from the event "
-        "SelfComposed(PoissonSampled(q, Gaussian(σ)), T); "
-        f"{versions}.",
+        "Computed from the event SelfComposed(PoissonSampled(q, Gaussian(σ)), T): "
+        + ", ".join(f"{a.upper()} by {_SOURCE[a]}" for a in r.epsilon)
+        + f"; {versions}.",
     ]
     return "\n".join(lines)
 
@@ -109,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="T >= 1 optimizer steps; or give --epochs")
     p.add_argument("--epochs", type=float, help="epochs (T = ceil(epochs / q))")
     p.add_argument("--delta", type=float, required=True, help="δ in (0, 1), e.g. below 1/N")
-    p.add_argument("--accountants", default=",".join(ACCOUNTANTS), help="comma list of rdp,pld (default both)")
-    p.add_argument("--calibration-accountant", default="rdp", choices=ACCOUNTANTS, help="for --target-epsilon")
+    p.add_argument("--accountants", default=",".join(ACCOUNTANTS),
+                   help="comma list of rdp,pld,prv (default all three)")
+    p.add_argument("--calibration-accountant", default="rdp", choices=("rdp", "pld"), help="for --target-epsilon")
     p.add_argument("--max-examples-per-user", type=int, help="also report user-level ε (group privacy)")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plot", metavar="PATH", help="write an ε-vs-epochs PNG")

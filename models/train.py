@@ -142,6 +142,11 @@ class Trainer:
     optimizer: None builds AdamW(lr, betas, weight_decay) with no decay on 1-D parameters; pass one made outside
       (e.g. Opacus' DPOptimizer) to use it unchanged (its lr is scaled by the same schedule); optimizer_factory
       (model -> optimizer) is what `replace_model` rebuilds it with (default: the built-in AdamW).
+      A DP optimizer (duck-typed: it has `noise_multiplier` and `signal_skip_step`, as Opacus' DPOptimizer and
+      dpopt's DP² do) clips per example itself, so grad_clip must be 0; its grad_accum micro-batches are the
+      pieces of one logical (e.g. Poisson) batch: each is clipped per example and accumulated as a skipped step
+      (BatchMemoryManager's protocol), and the last one releases one noisy step, scaled by the optimizer's
+      expected batch size. Put its accountant in `state` so that a resumed run reports the same ε.
     eval_fns: `model -> {name: value}` run under no_grad in eval mode (on rank 0) every eval_every steps and at
       the end. hooks: `hook(trainer)` called before every step (trainer.step is the step about to run), in grad
       mode, on every rank; a hook may call `trainer.replace_model(...)`.
@@ -231,6 +236,15 @@ class Trainer:
                                                                   fused=self.device.type == "cuda"))
             optimizer = factory(self.model)
         self.optimizer = optimizer
+        self._dp = _is_dp_optimizer(optimizer)
+        if self._dp and cfg.grad_clip > 0:
+            raise ValueError(
+                f"grad_clip={cfg.grad_clip} with a DP optimizer ({type(optimizer).__name__}): it clips each example's "
+                "gradient itself; clipping the noisy sum again changes the update and logs a non-private gradient "
+                "norm. Set TrainConfig(grad_clip=0)"
+            )
+        if self._dp and self.dist.world > 1:
+            raise ValueError("a DP optimizer under DDP is not supported by the Trainer (use one process)")
         for g in self.optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         # one schedule for the whole run: a rebuilt scheduler continues at the current step, never restarts
@@ -289,7 +303,14 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
                     out = self.loss_fn(self._forward_model, batch, **kwargs)
                 loss, more = out if isinstance(out, tuple) else (out, {})
-                (loss / cfg.grad_accum).backward()
+                if self._dp:  # per-example gradients stay exact: no 1/grad_accum before clipping
+                    loss.backward()
+                    if not last:  # clip and accumulate this piece of the logical batch, no noise yet
+                        self.optimizer.signal_skip_step(do_skip=True)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    (loss / cfg.grad_accum).backward()
             total = total + loss.detach().float() / cfg.grad_accum
             for k, v in more.items():
                 v = torch.as_tensor(v, device=self.device).detach().float() / cfg.grad_accum
@@ -468,6 +489,11 @@ class Trainer:
             return False
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
         return True
+
+
+def _is_dp_optimizer(optimizer: Any) -> bool:
+    """A per-example-clipping DP optimizer (Opacus' DPOptimizer protocol), recognized without importing Opacus."""
+    return hasattr(optimizer, "noise_multiplier") and callable(getattr(optimizer, "signal_skip_step", None))
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:

@@ -78,17 +78,19 @@ def test_epsilon_curve_increases_with_steps():
     assert eps[0] < eps[1] < eps[2]
 
 
-def test_budget_guard_admits_exactly_the_steps_within_budget():
-    guard = BudgetGuard(target_epsilon=1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.01)
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_budget_guard_admits_exactly_the_steps_within_budget(accountant):
+    guard = BudgetGuard(target_epsilon=1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.01, accountant=accountant)
     t = guard.max_steps
-    assert epsilon(1.0, 0.01, t, 1e-5) <= 1.0 < epsilon(1.0, 0.01, t + 1, 1e-5)
+    assert epsilon(1.0, 0.01, t, 1e-5, accountant) <= 1.0 < epsilon(1.0, 0.01, t + 1, 1e-5, accountant)
     for _ in range(t):
         guard.step()
     assert guard.remaining == 0
     with pytest.raises(BudgetExhaustedError) as info:
         guard.step()
     assert info.value.steps_taken == t and info.value.epsilon_spent <= 1.0
-    resumed = BudgetGuard(target_epsilon=1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.01)
+    resumed = BudgetGuard(target_epsilon=1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.01,
+                          accountant=accountant)
     resumed.load_state_dict(guard.state_dict())
     with pytest.raises(BudgetExhaustedError):
         resumed.step()
@@ -117,6 +119,6 @@ def test_calibration_and_guard_reject_bad_targets():
     with pytest.raises(ValueError, match="target_epsilon"):
         calibrate_noise(0.0, 1e-5, 0.01, 100)
     with pytest.raises(ValueError, match="accountant"):
-        calibrate_noise(1.0, 1e-5, 0.01, 100, "prv")
+        calibrate_noise(1.0, 1e-5, 0.01, 100, "gdp")
     with pytest.raises(ValueError, match="target_epsilon"):
         BudgetGuard(target_epsilon=-1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.01)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from opacus.schedulers import ExponentialNoise
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dpopt import BudgetGuard, DP2Config, PrivacyEngine, make_dp_training
+from dpopt import BudgetGuard, DP2Config, PrivacyEngine, history_epsilon, make_dp_training
 from dpopt.accounting import BudgetExhaustedError
+from dpopt.adam_bc import DPAdamBC
 from dpopt.dp2 import DP2RMSprop
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
@@ -28,9 +30,10 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(D_IN, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def _private(mode: str = "hooks", dp2: DP2Config | None = None, sigma: float = 1.0, batch: int = 32, **kw):
+def _private(mode: str = "hooks", dp2: DP2Config | None = None, sigma: float = 1.0, batch: int = 32,
+             accountant: str = "prv", **kw):
     model = _model()
-    engine = PrivacyEngine()
+    engine = PrivacyEngine(accountant=accountant)
     out = engine.make_private(
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         data_loader=DataLoader(_data(), batch_size=batch), noise_multiplier=sigma, max_grad_norm=0.5,
@@ -158,27 +161,151 @@ def test_make_private_with_epsilon_calibrates_sigma_and_builds_dp2():
     assert engine.get_epsilon(1e-5) <= 3.0 + 1e-6
 
 
-def test_budget_guard_stops_training_before_the_target_is_exceeded():
-    torch.manual_seed(4)
-    engine, module, opt, loader = _private(dp2=DP2Config(delay=2, clip2=1.0), sigma=1.5, batch=32)
-    guard = BudgetGuard(target_epsilon=3.0, delta=1e-5, noise_multiplier=1.5, sample_rate=32 / N)
-    assert guard.max_steps == 33  # 4 epochs and one step: the guard must stop mid-epoch
-    guard.attach(opt)
-    with pytest.raises(BudgetExhaustedError, match="ε=") as info:
-        for _ in range(50):
+def _train_until_stopped(module, opt, loader, scheduler=None, epochs: int = 200) -> BudgetExhaustedError:
+    with pytest.raises(BudgetExhaustedError) as info:
+        for _ in range(epochs):
             _epoch(module, opt, loader)
-    steps = engine.accountant.history[0][2]
-    assert steps == guard.max_steps == info.value.steps_taken
-    assert engine.get_epsilon(1e-5) <= 3.0
-    # dp_accounting and Opacus sum the fractional-order RDP series differently (~1e-5 relative at q = 1/8)
-    assert info.value.epsilon_spent == pytest.approx(engine.get_epsilon(1e-5), rel=1e-4)
-    assert info.value.epsilon_spent <= 3.0
+            if scheduler is not None:
+                scheduler.step()
+    return info.value
+
+
+def test_budget_guard_follows_a_noise_schedule_through_the_engine_history():
+    """The bug: under ExponentialNoise(γ=0.9) a guard planned with the initial σ stopped at ε = 2.99 while the
+    engine said 9.5. Now it composes the engine's own history and stops where the engine's ε would pass 3."""
+    torch.manual_seed(4)
+    engine, module, opt, loader = _private(dp2=DP2Config(delay=2, clip2=1.0), sigma=2.0, accountant="rdp")
+    sched = ExponentialNoise(opt, gamma=0.9)
+    guard = BudgetGuard(target_epsilon=3.0, delta=1e-5, engine=engine)
+    assert guard.accountant == "rdp" and guard.sample_rate is None and engine.sample_rate == 32 / N
+    guard.attach(opt)
+    err = _train_until_stopped(module, opt, loader, sched)
+    spent = engine.get_epsilon(1e-5)
+    assert len({h[0] for h in engine.accountant.history}) > 3  # σ really changed several times
+    assert spent <= 3.0 and err.epsilon_spent == pytest.approx(spent, rel=1e-4)
+    assert err.steps_taken == sum(h[2] for h in engine.accountant.history) == opt.dp2_step
+    nxt = list(engine.accountant.history) + [(opt.noise_multiplier, 32 / N, 1)]
+    assert history_epsilon(nxt, 1e-5, "rdp") > 3.0  # one more step would have overspent
+
+
+def test_budget_guard_resumes_from_the_checkpointed_accountant_with_the_same_epsilon():
+    """Stop, checkpoint the engine's accountant, rebuild everything, restore it: the resumed guard stops at the
+    same step and ε as an uninterrupted run."""
+    def build():
+        torch.manual_seed(4)
+        engine, module, opt, loader = _private(sigma=1.5, accountant="rdp")
+        guard = BudgetGuard(target_epsilon=6.0, delta=1e-5, engine=engine)
+        guard.attach(opt)
+        return engine, module, opt, loader
+
+    engine, module, opt, loader = build()
+    whole = _train_until_stopped(module, opt, loader)
+    engine2, module2, opt2, loader2 = build()
+    _epoch(module2, opt2, loader2)
+    _epoch(module2, opt2, loader2)
+    saved = engine2.accountant.state_dict()
+    engine3, module3, opt3, loader3 = build()
+    engine3.accountant.load_state_dict(saved)
+    resumed = _train_until_stopped(module3, opt3, loader3)
+    assert resumed.steps_taken == whole.steps_taken == sum(h[2] for h in engine3.accountant.history)
+    assert resumed.epsilon_spent == pytest.approx(whole.epsilon_spent, rel=1e-12)
+    assert engine3.get_epsilon(1e-5) == pytest.approx(engine.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_budget_guard_with_the_default_prv_engine_agrees_with_the_engine():
+    torch.manual_seed(5)
+    engine, module, opt, loader = _private(sigma=1.5, batch=32)
+    guard = BudgetGuard(target_epsilon=3.0, delta=1e-5, engine=engine)
+    assert guard.accountant == "prv" == engine.accountant.mechanism()
+    guard.attach(opt)
+    err = _train_until_stopped(module, opt, loader)
+    assert err.steps_taken > 8 and err.epsilon_spent <= 3.0
+    assert err.epsilon_spent == pytest.approx(engine.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_standalone_budget_guard_checkpoints_its_own_history_across_sigma_changes():
+    guard = BudgetGuard(target_epsilon=2.0, delta=1e-5, noise_multiplier=1.5, sample_rate=0.05, accountant="rdp")
+    for sigma in (1.5, 1.5, 1.2, 1.0, 1.0):
+        guard.step(noise_multiplier=sigma)
+    assert guard.history == [(1.5, 0.05, 2), (1.2, 0.05, 1), (1.0, 0.05, 2)]
+    assert guard.epsilon_spent() == pytest.approx(history_epsilon(guard.history, 1e-5, "rdp"))
+    resumed = BudgetGuard(target_epsilon=2.0, delta=1e-5, noise_multiplier=1.5, sample_rate=0.05, accountant="rdp")
+    resumed.load_state_dict(guard.state_dict())
+    assert resumed.history == guard.history and resumed.remaining_at(1.0) == guard.remaining_at(1.0) > 0
+    with pytest.raises(ValueError, match="target_epsilon"):
+        BudgetGuard(target_epsilon=3.0, delta=1e-5, accountant="rdp").load_state_dict(guard.state_dict())
+
+
+def test_engine_defaults_to_opacus_accountant_so_swapping_the_import_keeps_sigma():
+    """dpopt.PrivacyEngine used to default to RDP where Opacus defaults to PRV (≈ 8% more noise for one ε)."""
+    from opacus import PrivacyEngine as OpacusEngine
+
+    assert PrivacyEngine().accountant.mechanism() == OpacusEngine().accountant.mechanism() == "prv"
+    sigmas = []
+    for cls in (PrivacyEngine, OpacusEngine):
+        model = _model()
+        _, opt, _ = cls().make_private_with_epsilon(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            data_loader=DataLoader(_data(), batch_size=32), target_epsilon=3.0, target_delta=1e-5, epochs=5,
+            max_grad_norm=1.0)
+        sigmas.append(opt.noise_multiplier)
+    assert sigmas[0] == sigmas[1]
+    rdp = PrivacyEngine(accountant="rdp")
+    model = _model()
+    _, opt, _ = rdp.make_private_with_epsilon(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=DataLoader(_data(), batch_size=32), target_epsilon=3.0, target_delta=1e-5, epochs=5,
+        max_grad_norm=1.0)
+    assert opt.noise_multiplier > 1.03 * sigmas[0]  # RDP is looser: more noise for the same target
+
+
+def test_unreachable_calibration_target_is_a_clear_value_error():
+    model = _model()
+    with pytest.raises(ValueError, match="cannot calibrate σ for target_epsilon=1e-06"):
+        PrivacyEngine().make_private_with_epsilon(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            data_loader=DataLoader(_data(), batch_size=32), target_epsilon=1e-6, target_delta=1e-5, epochs=5,
+            max_grad_norm=1.0)
+
+
+def test_delay_in_epochs_is_resolved_against_the_loader_and_the_default_delay_warns():
+    _, _, opt, _ = _private(dp2=DP2Config(delay_epochs=0.5, clip2=1.0))
+    assert opt.config.delay == 4 and opt.config.delay_epochs is None  # 8 steps per epoch
+    with pytest.warns(UserWarning, match=r"s = 100 steps per phase \(= 12.5 epochs"):
+        _, _, opt, _ = _private(dp2=DP2Config(clip2=1.0))
+    assert opt.config.delay == 100
+    model = _model()
+    with pytest.warns(UserWarning, match="never leaves phase A"):
+        PrivacyEngine().make_private_with_epsilon(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            data_loader=DataLoader(_data(), batch_size=32), target_epsilon=3.0, target_delta=1e-5, epochs=2,
+            max_grad_norm=0.5, dp2=DP2Config(delay=16, clip2=2.0))
+
+
+def test_ew_mode_warns_when_empty_poisson_batches_are_likely():
+    """torch's ExpandedWeights fails on an empty batch ("Batch size must be positive"); hooks and functorch
+    take a noise-only step instead. With q = 1/256 over 256 examples an empty batch has probability 0.37."""
+    with pytest.warns(UserWarning, match="empty Poisson batch"):
+        _private("ew", batch=1)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_empty_poisson_batches_take_a_noise_only_accounted_step(mode):
+    torch.manual_seed(0)
+    engine, module, opt, loader = _private(mode, DP2Config(delay=2, clip2=1.0), batch=1, accountant="rdp")
+    empty = steps = 0
+    for x, y in loader:
+        empty += len(x) == 0
+        _epoch(module, opt, [(x, y)])
+        steps += 1
+    assert empty > 50 and opt.dp2_step == steps == engine.accountant.history[0][2]
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 @pytest.mark.parametrize(
     "name,cls",
     [("dp-sgd", torch.optim.SGD), ("dp-adam", torch.optim.Adam), ("dp-rmsprop", torch.optim.RMSprop),
-     ("dp-adagrad", torch.optim.Adagrad)],
+     ("dp-adagrad", torch.optim.Adagrad), ("dp-adam-bc", DPAdamBC)],
 )
 def test_baselines_are_opacus_dp_optimizers_around_stock_torch_optimizers(name, cls):
     torch.manual_seed(0)

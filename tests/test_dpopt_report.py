@@ -23,8 +23,10 @@ def test_report_prints_the_statement_and_writes_json(tmp_path, capsys):
                    "hyperparameter tuning", "dp-accounting", "3.0305"):
         assert phrase in text
     data = json.loads(out_json.read_text())
-    assert set(data["epsilon"]) == {"rdp", "pld"}
+    assert set(data["epsilon"]) == {"rdp", "pld", "prv"}  # PRV: Opacus' default accountant, stated beside RDP/PLD
     assert data["epsilon"]["rdp"] == pytest.approx(3.0305, abs=1e-3)
+    assert data["epsilon"]["prv"] == pytest.approx(data["epsilon"]["pld"], abs=0.03)
+    assert "PRV accountant (Opacus' and dpopt.PrivacyEngine's default)" in text
     assert data["noise_multiplier"] == 1.0 and data["steps"] == 39000 and data["delta"] == 1e-5
     assert data["sample_rate"] == pytest.approx(64 / 25000)
     assert data["protected"] == "example-level, add/remove adjacency"
@@ -56,6 +58,12 @@ def test_target_epsilon_calibrates_sigma_and_epochs_give_steps(tmp_path):
         (["--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "0", "--delta", "1e-5"], "steps"),
         (["--noise-multiplier", "1", "--sample-rate", "0.1", "--delta", "1e-5"], "--steps or --epochs"),
         (["--noise-multiplier", "1", "--batch-size", "64", "--steps", "3", "--delta", "1e-5"], "dataset-size"),
+        # calibration failures used to surface dp_accounting's NoBracketIntervalFoundError as a traceback
+        (["--target-epsilon", "10000", "--sample-rate", "1", "--steps", "1", "--delta", "1e-5"], "every σ >="),
+        (["--target-epsilon", "1e-9", "--sample-rate", "1", "--steps", "100000", "--delta", "1e-5"],
+         "out of reach"),
+        (["--target-epsilon", "500", "--sample-rate", "0.01", "--steps", "10", "--delta", "1e-5",
+          "--calibration-accountant", "pld"], "use accountant='rdp'"),
     ],
 )
 def test_invalid_input_is_a_clear_error(argv, message, capsys):

@@ -6,4 +6,5 @@ EXPERIMENTS: dict[str, str] = {
     "dp2-sparse": "simulations.dp.sparse",
     "dp2-movielens": "simulations.dp.movielens",
     "dp2-delay": "simulations.dp.delay",
+    "dp2-imdb-transformer": "simulations.dp.transformer",
 }
