@@ -31,6 +31,15 @@ ALL = ("top", "middle", "bottom", "interleave", "random", "identity", "copy:1")
 TOKENS = np.random.default_rng(0).integers(0, 32, 4000).astype(np.uint16)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread avoids oversubscribing the shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _x() -> torch.Tensor:
     return torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(1))
 

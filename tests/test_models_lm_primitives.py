@@ -18,6 +18,15 @@ TOK = CharTokenizer(ALPHABET)
 WORDS = P._WORDS
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread avoids oversubscribing the shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _resolve(prompt: str) -> str:
     """Evaluate an assignment prompt the slow way: read the statements, follow references to a value."""
     body, query = prompt.split("; ")
