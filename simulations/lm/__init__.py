@@ -4,4 +4,6 @@
 EXPERIMENTS: dict[str, str] = {
     "lm-shakespeare-char": "simulations.lm.shakespeare_char",
     "lm-wikitext2": "simulations.lm.wikitext2",
+    "lm-midas": "simulations.lm.midas",
+    "lm-lag": "simulations.lm.lag",
 }
