@@ -18,6 +18,8 @@ storage), which is how a late-interaction model can store less than ColBERT (the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,10 +122,12 @@ class LateInteractionRanker(nn.Module):
 
     forward(query_ids [B, L_q], doc_ids [B, N, L_d]) -> scores [B, N]. For 'lite', doc_vectors (default L_d)
     is the number of vectors stored per document: when smaller, a learned [doc_vectors, L_d] map pools the
-    document's token vectors before scoring (`doc_embeddings` gives what is stored)."""
+    document's token vectors before scoring (`doc_embeddings` gives what is stored). MaxSim's scores are
+    scaled by a learned temperature (initially maxsim_scale), which trains it and does not change its ranking."""
 
     def __init__(self, encoder: TokenEncoder, scorer: str, q_len: int, d_len: int, doc_vectors: int | None = None,
-                 row_hidden: int = 128, row_out: int = 32, col_hidden: int = 32, col_out: int = 8) -> None:
+                 row_hidden: int = 128, row_out: int = 32, col_hidden: int = 32, col_out: int = 8,
+                 maxsim_scale: float = 10.0) -> None:
         super().__init__()
         if scorer not in ("maxsim", "lite"):
             raise ValueError(f"scorer must be 'maxsim' or 'lite', got {scorer!r}")
@@ -137,6 +141,10 @@ class LateInteractionRanker(nn.Module):
         self.pool = nn.Linear(d_len, doc_vectors, bias=False) if doc_vectors < d_len else None
         self.lite = (LiteScorer(q_len, doc_vectors, row_hidden, row_out, col_hidden, col_out)
                      if scorer == "lite" else None)
+        # MaxSim of unit vectors lies in [-L_q, L_q]: too flat a softmax to train on for short queries, so its
+        # scores are multiplied by a learned temperature (as CLIP's logit scale; it leaves the ranking alone).
+        # LITE's linear head has its own scale.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(maxsim_scale))) if scorer == "maxsim" else None
 
     def doc_embeddings(self, doc_ids: torch.Tensor) -> torch.Tensor:
         """What the index stores per document: [..., doc_vectors, dim]."""
@@ -149,7 +157,7 @@ class LateInteractionRanker(nn.Module):
 
     def score_embeddings(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         if self.lite is None:
-            return maxsim(q, d)
+            return maxsim(q, d) * self.log_scale.exp()
         return self.lite(_similarity(q, d))
 
     def forward(self, query_ids: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
