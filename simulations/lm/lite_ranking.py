@@ -107,7 +107,8 @@ class Config(ExperimentConfig):
     @classmethod
     def gpu(cls) -> Config:
         """A larger vocabulary, 3-token spans in 64-token documents, a 2-layer encoder of width 256, 20,000
-        steps of 128 queries: about 10 minutes on one H100; not run here."""
+        steps of 128 queries (~130k encoder tokens a step): about 20 minutes on one H100 for the five arms; not run
+        here."""
         return cls(vocab_size=1024, q_len=3, d_len=64, dim=32, n_embd=256, encoder_layers=2, n_head=4,
                    row_hidden=512, row_out=64, col_hidden=64, col_out=16, pooled_vectors=16, steps=20_000,
                    queries=128, lr=1e-3, warmup_steps=500, eval_queries=10_000, eval_every=2000, device="cuda")

@@ -105,8 +105,9 @@ class Config(ExperimentConfig):
     @classmethod
     def gpu(cls) -> Config:
         """nanoGPT's baby-GPT shape (width 384, 6 heads, context 256, batch 64) for a 6-layer student and 2-layer
-        teacher, 5,000 steps each: about 15 minutes on one H100 (nanoGPT's baby GPT trains 5,000 steps in ~3
-        minutes on an A100; four student arms and the teacher); not run here."""
+        teacher, 5,000 steps each: about 20 minutes on one H100 (nanoGPT's baby GPT trains 5,000 steps in ~3
+        minutes on an A100 with torch.compile; here four uncompiled student arms, the teacher and the teacher's
+        forward passes in the KD phases); not run here."""
         return cls(n_embd=384, n_head=6, block_size=256, batch_size=64, teacher_steps=5000, steps=5000,
                    lr=1e-3, warmup_steps=100, eval_every=250, eval_windows=512, ds_candidates=200_000,
                    device="cuda")
