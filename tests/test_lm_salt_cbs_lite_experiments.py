@@ -114,3 +114,16 @@ def test_committed_full_size_record_holds_its_strict_claims(name):
     assert not record["provenance"].get("smoke")
     assert not registry.failed_strict(record), registry.failed_strict(record)
     assert any(c["strict"] for c in record["claims"])
+
+
+@pytest.mark.parametrize("module", ["salt", "cbs", "lite_ranking"])
+def test_gpu_presets_exist_and_need_cuda(module):
+    import importlib
+
+    cfg = importlib.import_module(f"simulations.lm.{module}").Config
+    assert set(cfg.presets()) >= {"full", "smoke", "gpu"}
+    if torch.cuda.is_available():
+        assert cfg.gpu().device == "cuda"
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            cfg.gpu()
