@@ -66,8 +66,8 @@ def test_cbs_grid_centres_the_lr_and_steps_grow_geometrically():
     from simulations.lm.cbs import Config, eval_steps
 
     c = Config()
-    assert c.lrs(8)[0] == pytest.approx(2e-3) and c.lrs(32)[0] == pytest.approx(4e-3)
-    assert sorted(c.lrs(32)) == pytest.approx([2e-3, 4e-3, 8e-3])
+    assert c.lrs(8)[0] == pytest.approx(4e-3) and c.lrs(256)[0] == pytest.approx(4e-3 * 32**0.2)
+    assert sorted(c.lrs(8)) == pytest.approx([1e-3, 2e-3, 4e-3, 8e-3])
     assert c.ewa_decay(8) == pytest.approx(1 - 8 / 2048) and c.ewa_decay(4096) == 0.0
     s = eval_steps(1000, 0.05)
     assert s[:5] == [1, 2, 3, 4, 5] and s[-1] == 1000 and all(b > a for a, b in zip(s, s[1:]))

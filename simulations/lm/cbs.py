@@ -4,7 +4,9 @@ For each width and batch size B from 8 to 512 sequences (×4 apart; every power 
 constant learning rate (after a short warmup) while an exponential weight average (EWA) of its weights is
 validated on a geometric grid of steps; the first step at which the EWA model's validation loss reaches each
 target is that run's steps-to-target (`models.lm.cbs`). Each B takes the best of a small learning-rate grid
-(centred on lr_base·(B/8)^lr_power — Adam's optimal rate grows with B). Runs stop once they reached the lowest
+(×0.25 … ×2 around lr_base·(B/8)^lr_power: Adam's optimal rate grows with B; a probe at width 32 found the best
+rate 4·10⁻³ at B = 8 and 8·10⁻³ from B = 32 to 512, i.e. slower than √B, and the grid reaches down for the
+wider model). Runs stop once they reached the lowest
 target, can no longer beat the best rate's steps at this B, trail the leading rate's curve by more than
 `drop_margin` (from `drop_after` steps on: a clear loser), or hit their step cap. steps(B) = a + b/B is
 fitted per (width, target), and B* is where steps exceed ideal linear scaling from the smallest batch by 20%.
@@ -41,7 +43,7 @@ _MIN_STEPS = 2000  # the smallest batch's cap below which the claims are observa
 @dataclass(frozen=True)
 class Config(ExperimentConfig):
     """Full size: 2-layer GPTs of width 32 and 64, context 32, B = 8, 32, 128, 512 (×4 apart: the costly large
-    batches spend their steps near the floor a, so fewer points there), three learning rates per B."""
+    batches spend their steps near the floor a, so fewer points there), four learning rates per B."""
 
     widths: tuple[int, ...] = param((32, 64), "model widths (n_embd) to measure", bounds="[8, 4096]",
                                     nonempty=True)
@@ -52,9 +54,9 @@ class Config(ExperimentConfig):
                                          bounds="[1, 65536]", nonempty=True)
     targets: tuple[float, ...] = param((2.2, 1.95), "validation-loss targets (nats / token), higher first",
                                        bounds="(0, 20]", length=2)
-    lr_base: float = param(2e-3, "grid centre at B = 8", bounds="(0, 1]")
-    lr_power: float = param(0.5, "grid centre scales as (B / 8)^lr_power", bounds="[0, 1]")
-    lr_multipliers: tuple[float, ...] = param((0.5, 1.0, 2.0), "learning-rate grid around the centre",
+    lr_base: float = param(4e-3, "grid centre at B = 8", bounds="(0, 1]")
+    lr_power: float = param(0.2, "grid centre scales as (B / 8)^lr_power", bounds="[0, 1]")
+    lr_multipliers: tuple[float, ...] = param((0.25, 0.5, 1.0, 2.0), "learning-rate grid around the centre",
                                               bounds="(0, 100]", nonempty=True)
     lr_max: float = param(3e-2, "cap on any learning rate", bounds="(0, 1]")
     beta2: float = param(0.99, "AdamW beta2", bounds="[0, 1)")
