@@ -121,3 +121,29 @@ def test_critical_batch_size_is_where_steps_are_20_percent_above_linear_scaling(
     assert critical_batch_size(0.0, b) == math.inf
     with pytest.raises(ValueError, match="overhead"):
         critical_batch_size(a, b, overhead=0.0)
+
+
+def test_ewa_is_checkpointed_with_the_run_and_resumes_exactly(tmp_path):
+    def loss(m, batch):
+        return (m(batch) - 1).pow(2).mean()
+
+    def make():
+        model = torch.nn.Linear(3, 1, bias=False)
+        torch.nn.init.constant_(model.weight, 0.5)
+        ewa = EWA(model, decay=0.6)
+        cfg = TrainConfig(steps=8, lr=0.05, schedule="constant", progress=False, log_every=0,
+                          ckpt_path=str(tmp_path / "c.pt"))
+        batches = lambda i: torch.full((4, 3), float(i % 3 + 1))
+        return Trainer(model, batches, loss, cfg, hooks=[ewa.hook], state={"ewa": ewa}), ewa
+
+    full, ewa_full = make()
+    full.fit()
+    ewa_full.sync(full)
+    part, _ = make()
+    part.fit(until=5)
+    resumed, ewa = make()
+    resumed.load_checkpoint(tmp_path / "c.pt")
+    assert ewa.updates == 4  # the hook had averaged steps 1..4 when step 5 ran; sync catches up with step 5
+    resumed.fit()
+    ewa.sync(resumed)
+    assert ewa.updates == 8 and torch.allclose(ewa.model.weight, ewa_full.model.weight, atol=1e-7)

@@ -195,3 +195,28 @@ def test_sequence_scores_are_the_teachers_median_per_token_loss():
     assert np.allclose(mean, nll.mean(1).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="aggregate"):
         sequence_scores(teacher, tokens, starts, 8, "max")
+
+
+def test_a_resumed_salt_ds_run_continues_the_same_trajectory(tmp_path):
+    """PhasedBatches over WindowSet and RandomWindows are step-indexed: a run stopped in the KD phase and resumed
+    from its checkpoint ends where an uninterrupted one does."""
+    from models.lm import RandomWindows
+
+    tokens = np.random.default_rng(0).integers(0, 13, 600)
+    teacher = _tiny(1)
+
+    def make():
+        src = PhasedBatches(WindowSet(tokens, np.arange(0, 500, 7), 8, 4, seed=2), RandomWindows(tokens, 8, 4, 3),
+                            switch_index=3)
+        cfg = TrainConfig(steps=6, lr=3e-3, log_every=0, progress=False, ckpt_path=str(tmp_path / "c.pt"))
+        return Trainer(_tiny(0, 2), src, DistillLoss(KDSchedule(omega=0.5, kd_steps=3)), cfg, teacher=teacher)
+
+    full = make()
+    full.fit()
+    part = make()
+    part.fit(until=2)
+    resumed = make()
+    assert resumed.load_checkpoint(tmp_path / "c.pt") and resumed.step == 2
+    resumed.fit()
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
