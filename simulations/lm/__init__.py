@@ -6,4 +6,7 @@ EXPERIMENTS: dict[str, str] = {
     "lm-wikitext2": "simulations.lm.wikitext2",
     "lm-midas": "simulations.lm.midas",
     "lm-lag": "simulations.lm.lag",
+    "lm-salt": "simulations.lm.salt",
+    "lm-cbs": "simulations.lm.cbs",
+    "lite-ranking": "simulations.lm.lite_ranking",
 }
