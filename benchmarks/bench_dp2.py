@@ -152,7 +152,7 @@ def _build(model_name: str, method: str, mode: str | None, device: str) -> tuple
     """Closures that run one training step of ``method`` on ``model_name`` and free its gradients after it
     (outside the timed region, so that idle methods do not hold per-sample gradients while others run)."""
     from dpopt import DP2Config, PrivacyEngine
-    from dpopt.dp2 import DelayedPrecondRMSprop
+    from dpopt.delayed import DelayedPrecondRMSprop
 
     if model_name == "imdb-lr":
         return _build_imdb(method, mode)

@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "DP2RMSprop": "dpopt.dp2",
     "DP2Adagrad": "dpopt.dp2",
-    "DelayedPrecondRMSprop": "dpopt.dp2",
+    "DelayedPrecondRMSprop": "dpopt.delayed",
     "DP2Config": "dpopt.dp2",
     "NonFiniteGradientError": "dpopt.dp2",
     "DPAdamBC": "dpopt.adam_bc",

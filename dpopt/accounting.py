@@ -370,11 +370,3 @@ def epsilon_curve(
     """ε at δ after each step count in ``steps`` (for ε-vs-steps/epochs plots)."""
     return [epsilon(noise_multiplier, sample_rate, int(t), delta, accountant) for t in steps]
 
-
-def __getattr__(name: str) -> Any:
-    """``BudgetGuard`` and ``BudgetExhaustedError`` lived here before ``dpopt.guard``; keep the old import path."""
-    if name in ("BudgetGuard", "BudgetExhaustedError"):
-        from dpopt import guard
-
-        return getattr(guard, name)
-    raise AttributeError(f"module 'dpopt.accounting' has no attribute {name!r}")

@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dpopt.adam_bc import DPAdamBC
-from dpopt.dp2 import DelayedPrecondRMSprop, DP2Config
+from dpopt.delayed import DelayedPrecondRMSprop
+from dpopt.dp2 import DP2Config
 from dpopt.engine import PrivacyEngine
 
 __all__ = ["BASELINES", "METHODS", "DPTraining", "make_optimizer", "make_dp_training"]

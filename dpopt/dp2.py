@@ -41,7 +41,6 @@ __all__ = [
     "DP2Config",
     "DP2RMSprop",
     "DP2Adagrad",
-    "DelayedPrecondRMSprop",
     "NonFiniteGradientError",
 ]
 
@@ -413,6 +412,3 @@ class DP2Adagrad(DP2RMSprop):
 
     def _refresh(self, G: torch.Tensor, v: torch.Tensor, k: int) -> None:
         v.addcmul_(G, G, value=1.0 / (k * k))
-
-
-from dpopt.delayed import DelayedPrecondRMSprop  # noqa: E402  (re-exported: it was defined here before)

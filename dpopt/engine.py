@@ -37,10 +37,10 @@ class PrivacyEngine(_OpacusPrivacyEngine):
     """Opacus ``PrivacyEngine`` whose ``make_private``/``make_private_with_epsilon`` take ``dp2=DP2Config(...)``.
 
     With ``dp2=None`` it behaves like Opacus' engine (any stock optimizer, e.g. DP-Adam or
-    :class:`~dpopt.dp2.DelayedPrecondRMSprop`, every grad-sample mode; the same default accountant, PRV),
+    :class:`~dpopt.delayed.DelayedPrecondRMSprop`, every grad-sample mode; the same default accountant, PRV),
     except that it refuses ``poisson_sampling=False`` unless ``allow_non_poisson=True`` is given. After
     ``make_private`` the engine records the loader's ``sample_rate`` (q = 1/len(data_loader)), which
-    :class:`~dpopt.accounting.BudgetGuard` reads.
+    :class:`~dpopt.guard.BudgetGuard` reads.
     With a ``DP2Config`` the wrapped optimizer must be ``torch.optim.SGD(params, lr=alpha1)`` and
     ``max_grad_norm`` is C1; the returned optimizer is a :class:`~dpopt.dp2.DP2RMSprop` or
     :class:`~dpopt.dp2.DP2Adagrad` (``config.method``).

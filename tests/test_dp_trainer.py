@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dpopt import BudgetGuard, DP2Config, PrivacyEngine
-from dpopt.accounting import BudgetExhaustedError
 from dpopt.dp2 import DP2RMSprop
+from dpopt.guard import BudgetExhaustedError
 from models.data import index_generator
 from models.train import TrainConfig, Trainer
 

@@ -6,7 +6,8 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from dpopt import BudgetGuard, calibrate_noise, epsilon_curve, privacy_report
-from dpopt.accounting import BudgetExhaustedError, epsilon
+from dpopt.accounting import epsilon
+from dpopt.guard import BudgetExhaustedError
 
 IMDB = dict(noise_multiplier=1.0, sample_rate=64 / 25000, steps=39000, delta=1e-5)
 

@@ -9,7 +9,8 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from dpopt.dp2 import DelayedPrecondRMSprop, DP2Adagrad, DP2Config, DP2RMSprop, NonFiniteGradientError
+from dpopt.delayed import DelayedPrecondRMSprop
+from dpopt.dp2 import DP2Adagrad, DP2Config, DP2RMSprop, NonFiniteGradientError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
 

@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dpopt import BudgetGuard, DP2Config, PrivacyEngine, history_epsilon, make_dp_training
-from dpopt.accounting import BudgetExhaustedError
 from dpopt.adam_bc import DPAdamBC
 from dpopt.dp2 import DP2RMSprop
+from dpopt.guard import BudgetExhaustedError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
 
