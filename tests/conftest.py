@@ -31,3 +31,21 @@ def run_smoke(name: str, out_dir: Path, **overrides: str) -> dict:
 def smoke(tmp_path):
     """`smoke("ffe-single")` runs that experiment's smoke preset in a temp folder and checks its claims."""
     return lambda name, **kw: run_smoke(name, tmp_path / name, **kw)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: the models are tiny, and two threads spinning against each other on
+    the shared 2-core CI machine run such steps up to ~30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def token_cache(tmp_path_factory, monkeypatch):
+    """Token-array caches (FEDPRIVACY_CACHE) in the session's temp folder, not the user's cache."""
+    monkeypatch.setenv("FEDPRIVACY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

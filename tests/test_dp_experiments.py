@@ -20,12 +20,7 @@ warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook", "ignore:Ignoring drop_last")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sparse_data(n=30, d=12, seed=0):

@@ -12,14 +12,7 @@ torch = pytest.importorskip("torch")
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(tmp_path_factory, monkeypatch):
-    """Tiny models: one thread avoids oversubscribing the shared cores; token caches in a temp folder."""
-    monkeypatch.setenv("FEDPRIVACY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "token_cache")
 
 
 def test_salt_smoke_distills_for_the_configured_steps_and_keeps_the_ds_band(smoke):

@@ -12,14 +12,7 @@ torch = pytest.importorskip("torch")
 from models.lm.cbs import EWA, critical_batch_size, fit_steps, steps_to_target  # noqa: E402
 from models.train import TrainConfig, Trainer  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared cores (two threads under load run ~30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ewa_is_a_running_mean_first_then_an_exponential_average():

@@ -23,14 +23,7 @@ from models.lm.distill import (  # noqa: E402
 )
 from models.train import TrainConfig, Trainer  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared cores (two threads under load run ~30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits(seed: int, shape=(3, 5, 11)) -> torch.Tensor:

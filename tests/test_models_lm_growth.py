@@ -31,13 +31,7 @@ ALL = ("top", "middle", "bottom", "interleave", "random", "identity", "copy:1")
 TOKENS = np.random.default_rng(0).integers(0, 32, 4000).astype(np.uint16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x() -> torch.Tensor:

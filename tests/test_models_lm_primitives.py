@@ -18,13 +18,7 @@ TOK = CharTokenizer(ALPHABET)
 WORDS = P._WORDS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _resolve(prompt: str) -> str:
