@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import math
 import numbers
@@ -33,6 +34,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 __all__ = [
     "ACCOUNTANTS",
+    "available_accountants",
     "PROTECTED",
     "PrivacyReport",
     "privacy_report",
@@ -83,9 +85,20 @@ def _accountant(name: str) -> dp_accounting.PrivacyAccountant:
     raise ValueError(f"accountant must be 'rdp' or 'pld' here, got {name!r}")
 
 
+def available_accountants() -> tuple[str, ...]:
+    """The accountants this install can run: rdp and pld always (dp-accounting is a core dependency), prv only
+    where Opacus (the ``[dp]`` extra) is installed — so a core install still gets a report."""
+    return ACCOUNTANTS if importlib.util.find_spec("opacus") is not None else ("rdp", "pld")
+
+
 def _opacus_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
     """ε of ``history`` by Opacus' PRV accountant (the default of Opacus' and dpopt's PrivacyEngine)."""
-    from opacus.accountants import PRVAccountant
+    try:
+        from opacus.accountants import PRVAccountant
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "the 'prv' accountant is Opacus', which is not installed: pip install 'fedprivacy-toolkit[dp]', "
+            "or ask for accountants=('rdp', 'pld')", name="opacus") from err
 
     acc = PRVAccountant()
     acc.history = [(float(s), float(q), int(t)) for s, q, t in history]
@@ -241,13 +254,16 @@ def privacy_report(
     sample_rate: float,
     steps: int,
     delta: float,
-    accountants: Sequence[str] = REPORT_ACCOUNTANTS,
+    accountants: Sequence[str] | None = None,
     max_examples_per_user: int | None = None,
 ) -> PrivacyReport:
     """ε at δ for T steps of Poisson-sampled (q) Gaussian (σ) releases, by each accountant, plus the
     conservative shuffled-order ε (RDP, each example once per epoch) and, when ``max_examples_per_user`` is
-    given, the user-level ε via group privacy (from the RDP accountant)."""
+    given, the user-level ε via group privacy (from the RDP accountant). ``accountants`` defaults to
+    :func:`available_accountants` (all three where Opacus is installed)."""
     _validate(noise_multiplier, sample_rate, steps, delta)
+    if accountants is None:
+        accountants = available_accountants()
     if not accountants or any(a not in ACCOUNTANTS for a in accountants):
         raise ValueError(f"accountants must be a non-empty subset of {ACCOUNTANTS}, got {tuple(accountants)!r}")
     if max_examples_per_user is not None:

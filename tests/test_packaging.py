@@ -48,7 +48,12 @@ sk = CountSketch(depth=3, width=64, seed=1, domain=10)
 table = sk.encode(np.array([1, 2, 2, 3]))
 assert sk.decode(table)[2] == 2
 r = dpopt.privacy_report(1.0, 0.01, 100, 1e-5)
-assert 0 < r.epsilon["rdp"] < 10
+assert 0 < r.epsilon["rdp"] < 10 and set(r.epsilon) == {"rdp", "pld"}  # prv is Opacus': not in a core install
+try:
+    dpopt.privacy_report(1.0, 0.01, 100, 1e-5, accountants=("prv",))
+    raise AssertionError("prv without Opacus did not raise")
+except ModuleNotFoundError as err:
+    assert "fedprivacy-toolkit[dp]" in str(err)
 from dpopt.report import main
 assert main(["--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "100", "--delta", "1e-5"]) == 0
 print("HEAVY", sorted(m for m in HIDDEN if m in sys.modules))
