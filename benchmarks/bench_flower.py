@@ -7,7 +7,9 @@ dropouts:
            clients' node config allows plain sums (``allow-plain=true``), which they refuse by default
   secagg   SecAgg+ (four message round trips, ~2 log2(n)+1 neighbours) with the exact-sum parameters
 The per-round wall time is measured inside the ServerApp (Ray start-up excluded); we report the median over the
-rounds (>= 3) of one simulation and the ratio secagg / plain.
+complete rounds (>= 3) of one simulation and the ratio secagg / plain. On a loaded machine Ray nodes connect late:
+a round in which a node was unreachable is a dropout round (its time measures the timeout, not the protocol), so it
+is counted and left out of the median; the first `--warmup` rounds (default 1) are always left out.
 
 In-process part: `--inprocess-clients` (default 10,000) clients per round with Skellam DP (eps = 4) through
 `run_inprocess`, median seconds per round -> rounds/s, on both paths:
@@ -67,15 +69,17 @@ def _settings(n: int, rounds: int, secagg: bool = True, num_shares: int = 0) -> 
                           dataset="zipf", secagg=secagg, num_shares=num_shares, timeout=300.0)
 
 
-def flower_round_seconds(n: int, rounds: int, secagg: bool, num_shares: int = 0) -> list[float]:
-    """Per-round wall seconds of one Flower simulation (Ray start-up excluded)."""
+def flower_round_seconds(n: int, rounds: int, secagg: bool, num_shares: int = 0,
+                         warmup: int = 1) -> tuple[list[float], int]:
+    """Per-round wall seconds of the complete rounds of one Flower simulation (Ray start-up and the first `warmup`
+    rounds excluded), and how many measured rounds were dropout rounds (a node unreachable, or not released)."""
     import ray
     from flwr.simulation import run_simulation
 
     from simulations.flower.client_app import make_client_app
     from simulations.flower.server_app import make_server_app
 
-    settings = _settings(n, rounds, secagg, num_shares)
+    settings = _settings(n, rounds + warmup, secagg, num_shares)
     server_log = ServerLog()
 
     def node_config(pid: int) -> dict:
@@ -90,10 +94,11 @@ def flower_round_seconds(n: int, rounds: int, secagg: bool, num_shares: int = 0)
                                            "init_args": {"log_to_driver": False, "include_dashboard": False}})
     finally:
         ray.shutdown()
-    bad = [r for r in server_log.records if not r.released or r.survived != n]
-    if bad or len(server_log.records) != rounds:
-        raise RuntimeError(f"benchmark rounds incomplete: {[r.summary() for r in server_log.records]}")
-    return [r.seconds for r in server_log.records]
+    measured = server_log.records[warmup:]
+    complete = [r.seconds for r in measured if r.released and r.survived == n]
+    if len(complete) < 3:
+        raise RuntimeError(f"fewer than 3 complete rounds to time: {[r.summary() for r in server_log.records]}")
+    return complete, len(measured) - len(complete)
 
 
 def _median_s(fn, repeats: int = 5) -> float:
@@ -133,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, nargs="*", default=[20, 100])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1, help="Flower rounds run first and not timed")
     p.add_argument("--inprocess-clients", type=int, default=10_000)
     p.add_argument("--inprocess-rounds", type=int, default=3)
     p.add_argument("--num-shares", type=int, default=0, help="SecAgg+ neighbours (0: ~2 log2(n) + 1, odd)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     _time_stages()
-    if args.rounds < 3 or args.inprocess_rounds < 1:
-        p.error("--rounds must be >= 3 (median over rounds) and --inprocess-rounds >= 1")
+    if args.rounds < 3 or args.inprocess_rounds < 1 or args.warmup < 0:
+        p.error("--rounds must be >= 3 (median over rounds), --inprocess-rounds >= 1 and --warmup >= 0")
     out: dict = {"flower": [], "inprocess": []}
     if args.clients:
         print(f"{'clients':>7} {'plain s/round':>14} {'secagg+ s/round':>16} {'ratio':>6}")
@@ -148,15 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         from simulations.flower.exact_sum import secagg_shares
 
         shares = args.num_shares or secagg_shares(n)
-        plain = flower_round_seconds(n, args.rounds, secagg=False)
+        plain, plain_drop = flower_round_seconds(n, args.rounds, secagg=False, warmup=args.warmup)
         _STAGE_SECONDS.clear()
-        sec = flower_round_seconds(n, args.rounds, secagg=True, num_shares=args.num_shares)
+        sec, sec_drop = flower_round_seconds(n, args.rounds, secagg=True, num_shares=args.num_shares,
+                                             warmup=args.warmup)
         mp, ms = statistics.median(plain), statistics.median(sec)
         stages = {k: statistics.median(v) for k, v in _STAGE_SECONDS.items()}
         out["flower"].append({"clients": n, "rounds": args.rounds, "num_shares": shares, "plain_median_s": mp,
                               "secagg_median_s": ms, "ratio": ms / mp, "plain_s": plain, "secagg_s": sec,
+                              "dropout_rounds": {"plain": plain_drop, "secagg": sec_drop},
                               "secagg_stage_median_s": stages})
-        print(f"{n:>7} {mp:>14.3f} {ms:>16.3f} {ms / mp:>6.2f}   (num_shares {shares}; stages "
+        print(f"{n:>7} {mp:>14.3f} {ms:>16.3f} {ms / mp:>6.2f}   (num_shares {shares}; dropout rounds "
+              f"{plain_drop}/{sec_drop}; stages "
               + ", ".join(f"{k.removesuffix('_stage')} {v:.2f} s" for k, v in stages.items()) + ")")
     if args.inprocess_clients:
         for masking in ("simulated", "masked"):
