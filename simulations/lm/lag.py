@@ -44,7 +44,7 @@ class Config(GrowthConfig):
     block_size: int = param(64, "context length (characters)", bounds="[8, 4096]")
     batch_size: int = param(16, "sequences per step", bounds="[1, 4096]")
     base_layers: int = param(4, "layers before the growth", bounds="[1, 96]")
-    growth_block: int = param(2, "layers the growth adds", bounds="[1, 96]")
+    growth_block: int = param(4, "layers the growth adds", bounds="[1, 96]")
     base_steps: int = param(400, "steps before the growth", bounds="[1, 1e7]")
     steps: int = param(1600, "steps of the whole run (the one LR schedule's length)", bounds="[2, 1e7]")
     candidates: tuple[str, ...] = param(CANDIDATES, "growth strategies compared (see models.lm.growth)",
