@@ -169,3 +169,18 @@ def test_bad_baseline_input_raises_value_error():
         bl.kernel_regression(x, y, torch.randn(2, 4), "cosine")
     with pytest.raises(ValueError, match="d_active"):
         TaskSampler(TaskConfig(d=3, n=2)).sample(2, d_active=4)
+
+
+def test_ridge_at_zero_is_least_squares_to_fp32_precision_at_n_equals_d():
+    """λ = 0 at n = d, noiseless, fp32: the kernel-form pseudo-inverse lost ~3 digits here (error/d 3.2e-3 in
+    review); solved through X⁺ it matches min-norm least squares, also with a full prior covariance."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(256, 20, 20, generator=g), torch.randn(256, 20, generator=g)
+    y, xq = bl.predict(w, x), torch.randn(256, 1, 20, generator=g)
+    ols = bl.least_squares(x, y, xq)
+    err = ((bl.ridge(x, y, xq, 0.0) - ols) ** 2).mean().item() / 20
+    assert err < 1e-6, err
+    a = torch.randn(20, 20, generator=g)
+    psi = a @ a.T / 20 + 0.1 * torch.eye(20)  # invertible: at n = d the interpolant is unique, = least squares
+    post = bl.posterior_mean(x, y, xq, noise_var=0.0, prior_cov=psi)
+    assert ((post - ols) ** 2).mean().item() / 20 < 1e-5

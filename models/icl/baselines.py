@@ -62,12 +62,17 @@ def posterior_mean_w(
         return mu.clone()
     psi = torch.as_tensor(prior_cov, dtype=x.dtype, device=x.device)
     xpsi = x * psi if psi.ndim == 0 else x @ psi  # Ψ symmetric: XΨ = (ΨXᵀ)ᵀ
-    k = xpsi @ x.transpose(-1, -2)
     r = (y - predict(mu, x)).unsqueeze(-1)
-    if noise_var > 0:
-        alpha = torch.linalg.solve(k + noise_var * torch.eye(n, dtype=x.dtype, device=x.device), r)
-    else:
-        alpha = torch.linalg.pinv(k, hermitian=True) @ r
+    if noise_var == 0:
+        # ΨXᵀ(XΨXᵀ)⁺ = Ψ^½ (XΨ^½)⁺: a pseudo-inverse of XΨ^½ itself, not of the kernel (which squares its
+        # condition number: in fp32 at n = d the kernel form lost 3 digits against least squares).
+        if psi.ndim == 0:
+            return mu + psi.sqrt() * (torch.linalg.pinv(x * psi.sqrt()) @ r).squeeze(-1)
+        evals, evecs = torch.linalg.eigh(psi)
+        root = (evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)
+        return mu + (root @ (torch.linalg.pinv(x @ root) @ r)).squeeze(-1)
+    k = xpsi @ x.transpose(-1, -2)
+    alpha = torch.linalg.solve(k + noise_var * torch.eye(n, dtype=x.dtype, device=x.device), r)
     return mu + (xpsi.transpose(-1, -2) @ alpha).squeeze(-1)
 
 
