@@ -22,8 +22,9 @@ _PARAMS = ("restricted", "sparse", "full")
 
 
 def lsa_update(z: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Σ_h (1/n) P_h Z M Zᵀ Q_h Z for tokens-as-rows z [B, N, d+1], p and q [H, d+1, d+1]; the query (last row)
-    is masked as key/value, n = N − 1."""
+    """Σ_h (1/n) P_h Z M Zᵀ Q_hᵀ Z in the tokens-as-columns notation (Z = zᵀ), computed on tokens-as-rows
+    z [B, N, d+1] as z Q_h C P_hᵀ with C = (1/n) Σ_i z_i z_iᵀ; p and q [H, d+1, d+1]; the query (last row) is masked
+    as key/value, n = N − 1."""
     n = z.shape[1] - 1
     ctx = z[:, :-1]
     c = ctx.transpose(-1, -2) @ ctx / max(n, 1)  # (1/n) Σ_i z_i z_iᵀ over context rows only
