@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 ACCOUNTANTS = ("rdp", "pld", "prv")
-REPORT_ACCOUNTANTS = ACCOUNTANTS
 PROTECTED = "example-level, add/remove adjacency"
 # Opacus' RDPAccountant.DEFAULT_ALPHAS: using the same orders makes our RDP ε equal Opacus' for one history.
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
