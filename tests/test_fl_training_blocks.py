@@ -218,3 +218,54 @@ def test_local_update_through_the_trainer_lowers_the_client_loss(workload):
     assert "val_loss" in w.evaluate(model)
     with pytest.raises(ValueError, match="client id"):
         w.batches(8, 1)
+
+
+def _icl(**kw):
+    base = dict(workload="icl", population=10, cohort=4, rounds=6, local_steps=5, local_lr=1e-2, batch_size=8,
+                eval_every=3, seed=1)
+    return FLSettings(**{**base, **kw})
+
+
+def test_resume_equals_uninterrupted_with_dp2_server_and_central_dp(tmp_path):
+    from simulations.flower.training.engine import FederatedRun
+
+    s = _icl(dp="central", server_opt="dp2", dp2_delay=2, clip=0.5, ckpt_every=3, ckpt_dir=str(tmp_path))
+    full = FederatedRun(s.replace(ckpt_every=0, ckpt_dir=""))
+    full.run_inprocess()
+    part = FederatedRun(s)
+    part.run_inprocess(until=3)
+    resumed = FederatedRun(s)
+    assert resumed.resume(tmp_path / "server.ckpt") and resumed.round == 3
+    resumed.run_inprocess()
+    assert np.abs(resumed.x - full.x).max() < 1e-6
+    assert resumed.privacy()["epsilon"] == pytest.approx(full.privacy()["epsilon"], rel=1e-12)
+    assert 0 < full.privacy()["epsilon"] <= 8.0 + 1e-6 < full.privacy()["epsilon_no_amplification"]
+    other = FederatedRun(_icl(icl_d=4, dp="central", server_opt="dp2", dp2_delay=2))
+    with pytest.raises(ValueError, match="does not match"):
+        other.resume(tmp_path / "server.ckpt")
+
+
+def test_failing_client_is_counted_not_fatal():
+    from simulations.flower.training.engine import FederatedRun
+
+    probe = FederatedRun(_icl(rounds=2))
+    victim = int(probe.sampler.cohort(1)[0])
+    run = FederatedRun(_icl(rounds=2, fail_clients=f"{victim}:1"))
+    hist = run.run_inprocess()
+    assert len(hist[0]["failures"]) == 1 and "injected" in hist[0]["failures"][0]
+    assert hist[0]["survived"] == hist[0]["sampled"] - 1 and "skipped" not in hist[0]
+
+
+def test_distributed_round_runs_and_federated_icl_learns():
+    from simulations.flower.training.engine import FederatedRun
+
+    base = FederatedRun(_icl(rounds=1, eval_every=1))
+    start = base.evaluate()["val_loss"]
+    plain = FederatedRun(_icl(rounds=8, eval_every=8))
+    assert plain.run_inprocess()[-1]["val_loss"] < 0.9 * start
+    ddp = FederatedRun(_icl(rounds=2, cohort=6, dp="distributed", target_epsilon=50.0, min_survivors=0.3,
+                            simulate_noise_seed=3, eval_every=1))
+    hist = ddp.run_inprocess()
+    assert all("skipped" not in h for h in hist if h["survived"] >= ddp.ddp.min_survivors)
+    p = ddp.privacy()
+    assert p["epsilon"] <= 50.0 + 1e-6 and p["epsilon_vs_server"] > p["epsilon"]
