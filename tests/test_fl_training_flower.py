@@ -25,3 +25,26 @@ def test_four_clients_two_rounds_match_the_inprocess_engine_and_a_failure_is_cou
     assert len(flower.history[1]["failures"]) == 1 and "injected" in flower.history[1]["failures"][0]
     assert np.abs(flower.x - local.x).max() < 1e-6
     assert flower.privacy()["epsilon"] == pytest.approx(local.privacy()["epsilon"])
+
+
+def test_fl_icl_smoke_through_flower(tmp_path):
+    pytest.importorskip("flwr")
+    import ray
+    from conftest import run_smoke
+
+    try:
+        result = run_smoke("fl-icl", tmp_path)
+    finally:
+        ray.shutdown()
+    assert result["metrics"]["engine"] == "flower" and result["metrics"]["ratio"] > 0
+
+
+def test_fl_lm_shakespeare_smoke_inprocess(tmp_path):
+    from conftest import run_smoke
+
+    result = run_smoke("fl-lm-shakespeare", tmp_path, engine="inprocess")
+    arms = result["metrics"]["arms"]
+    assert set(arms) == {"fedavg", "fedadam", "dp-fedavg", "dp2", "distributed"}
+    p = arms["distributed"]["privacy"]
+    assert p["epsilon"] <= 8.0 + 1e-6 < p["epsilon_vs_server"]  # both adversaries stated
+    assert arms["dp-fedavg"]["privacy"]["epsilon_no_amplification"] > arms["dp-fedavg"]["privacy"]["epsilon"]

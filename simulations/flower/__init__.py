@@ -7,5 +7,9 @@ experiment), `deployment` (the deployed ServerApp).
 """
 
 # name -> module that registers it (imported only when the experiment runs)
-EXPERIMENTS: dict[str, str] = {"ffe-flower": "simulations.flower.ffe_flower"}
+EXPERIMENTS: dict[str, str] = {
+    "ffe-flower": "simulations.flower.ffe_flower",
+    "fl-icl": "simulations.flower.training.fl_icl",
+    "fl-lm-shakespeare": "simulations.flower.training.fl_lm",
+}
 

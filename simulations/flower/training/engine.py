@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ class FederatedRun:
             rec["update_norm"] = float(np.linalg.norm(agg))
         losses = [m["train_loss"] for m in metrics if "train_loss" in m]
         rec["train_loss"] = float(np.mean(losses)) if losses else float("nan")
+        rec["time"] = time.perf_counter()  # when the round finished (benchmarks: per-round wall time)
         self.round = t
         if s.eval_every and (t % s.eval_every == 0 or t == s.rounds):
             rec.update(self.evaluate())

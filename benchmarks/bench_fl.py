@@ -1,0 +1,79 @@
+"""Federated training: Flower's overhead per round against the in-process engine doing the same client training
+and aggregation (same seeds, same math), at 10 and 50 clients per round; Ray start-up reported apart; the
+distributed-DP round's cost against the central-DP round (in-process).
+
+    python benchmarks/bench_fl.py --json out.json [--local-steps 100] [--rounds 3]
+
+Every client's local training is `local_steps` Trainer steps of the Shakespeare GPT (100 steps ~ 0.5 s on one
+core). Flower runs 2 clients at once on a 2-core box (num_cpus=1 each): its per-round figure can be *below* the
+sequential in-process loop's; the ratio reported is flower / in-process per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+def _round_times(run, t0: float) -> tuple[list[float], float]:
+    stamps = [h["time"] for h in run.history]
+    per = [b - a for a, b in zip(stamps, stamps[1:])]
+    return per, stamps[0] - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default="")
+    ap.add_argument("--local-steps", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cohorts", default="10,50")
+    args = ap.parse_args()
+    from simulations.flower.training.engine import FederatedRun
+    from simulations.flower.training.settings import FLSettings
+    from simulations.flower.training.simulate import run_flower
+
+    out: dict = {"local_steps": args.local_steps, "rounds": args.rounds, "cpus": os.cpu_count(), "cohorts": {}}
+    for k in (int(c) for c in args.cohorts.split(",")):
+        s = FLSettings(workload="lm-shakespeare", population=k, cohort=float(k), sampling="fixed",
+                       rounds=args.rounds + 1, local_steps=args.local_steps, eval_every=0, dp="central",
+                       noise_multiplier=1.0)
+        t0 = time.perf_counter()
+        local = FederatedRun(s)
+        local.run_inprocess()
+        per_local, first_local = _round_times(local, t0)
+        t0 = time.perf_counter()
+        fl = run_flower(s, total_timeout=3600)
+        per_fl, first_fl = _round_times(fl, t0)
+        row = {"inprocess_s_per_round": statistics.median(per_local),
+               "flower_s_per_round": statistics.median(per_fl),
+               "flower_startup_and_first_round_s": first_fl, "inprocess_first_round_s": first_local,
+               "client_train_s": statistics.median(per_local) / k}
+        row["ratio_flower_over_inprocess"] = row["flower_s_per_round"] / row["inprocess_s_per_round"]
+        row["flower_clients_per_s"] = k / row["flower_s_per_round"]
+        row["flower_startup_s"] = max(0.0, first_fl - row["flower_s_per_round"])
+        out["cohorts"][k] = row
+        print(k, json.dumps(row, indent=None), flush=True)
+    # distributed vs central DP, in-process, 10 clients per round
+    rows = {}
+    for dp in ("central", "distributed"):
+        s = FLSettings(workload="lm-shakespeare", population=10, cohort=10.0, sampling="fixed",
+                       rounds=args.rounds + 1, local_steps=args.local_steps, eval_every=0, dp=dp, min_survivors=0.5)
+        t0 = time.perf_counter()
+        r = FederatedRun(s)
+        r.run_inprocess()
+        rows[dp] = statistics.median(_round_times(r, t0)[0])
+    out["dp_round_s"] = rows
+    out["distributed_over_central"] = rows["distributed"] / rows["central"]
+    print(json.dumps({"dp_round_s": rows, "distributed_over_central": out["distributed_over_central"]}))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
