@@ -54,6 +54,7 @@ from simulations.results import finalize, new_figure, save_figure
 NAME = "icl-pgd"
 _SLACK = 1.02
 _MIN_STEPS = 2000
+_ALIGN = 0.99  # the issue measured 1.0000 (one layer) and 0.9986 (looped L = 3) on the CPU
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,12 @@ class Config:
     d: int = 5
     n: int = 20
     eigvals: tuple[float, ...] = (1.0, 1.0, 0.25, 0.0625, 1.0)
-    layers: tuple[int, ...] = (1, 2, 3, 4)
-    loops: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+    layers: tuple[int, ...] = (1, 2, 4)
+    loops: tuple[int, ...] = (1, 2, 4, 8)
     probe_depth: int = 8
     probe_max: int = 40
     steps: int = 2000
-    batch_size: int = 4096
+    batch_size: int = 2048
     lr: float = 5e-2
     lr_looped: float = 5e-2
     eval_prompts: int = 100_000
@@ -115,6 +116,11 @@ def _all_depths(model: torch.nn.Module, block: LinearAttention, depth: int, shar
     return predict
 
 
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frobenius cosine <a, b> / (|a| |b|)."""
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
 def _window_loss(model: torch.nn.Module, batch) -> torch.Tensor:
     """Mean over the model's loop window of the query MSE after each loop (Yang et al. 2023)."""
     preds = model(batch.x, batch.y, return_all=True)
@@ -128,7 +134,7 @@ def run(config: Config, out_dir: Path) -> dict:
     cov = TaskSampler(task, device=c.device).sample(1).cov[0]
     sigma_inv = torch.linalg.inv(cov)
     kw = dict(steps=c.steps, batch_size=c.batch_size, device=c.device, seed=c.seed)
-    preds, curves, probes = {}, {}, {}
+    preds, curves, probes, align = {}, {}, {}, {}
     for depth in c.layers:
         model = LinearAttention(c.d, depth, param="sparse", seed=c.seed)
         curves[f"layers={depth}"] = train(model, task, lr=c.lr / depth, **kw)
@@ -140,6 +146,7 @@ def run(config: Config, out_dir: Path) -> dict:
         model = LoopedTransformer(c.d, depth, kind="linear", param="restricted", seed=c.seed)
         curves[f"loops={depth}"] = train(model, task, lr=c.lr_looped, **kw)
         preds[f"looped L={depth}"] = model_predictor(model)
+        align[f"looped L={depth}"] = _cosine(model.block.A[0, 0].detach(), -sigma_inv)
     model = LoopedTransformer(c.d, c.probe_depth, kind="linear", param="restricted", seed=c.seed)
     curves[f"looped, window loss, loops={c.probe_depth}"] = train(model, task, lr=c.lr_looped,
                                                                   loss_fn=_window_loss, **kw)
@@ -150,7 +157,7 @@ def run(config: Config, out_dir: Path) -> dict:
             preds[f"{name} L={depth}"] = gd_predictor(depth, lr, pre)
     mse = evaluate(preds | probes, task, prompts=c.eval_prompts, device=c.device, seed=c.seed + 1000)
     probe = {k: mse.pop(k) for k in probes}
-    metrics = {"mse": mse, "probe": probe, "curves": curves}
+    metrics = {"mse": mse, "probe": probe, "curves": curves, "alignment": align}
 
     fig, axes = new_figure(1, 2)
     ax = axes[0, 0]
@@ -187,7 +194,10 @@ def claims(result: dict) -> list[Claim]:
             out.append(Claim(f"{kind} L={t}: trained / tuned PGD", r, _SLACK, r <= _SLACK, strict=trained))
     for t in sorted(set(cfg["layers"]) | set(cfg["loops"])):
         r = m[f"PGD L={t}"] / m[f"GD L={t}"]
-        out.append(Claim(f"L={t}: tuned PGD / tuned GD", r, 1.0, r <= 1.0))
+        out.append(Claim(f"L={t}: tuned PGD / tuned GD", r, 1.0, r <= 1.0, sanity=True))
+    for name, cos in result["metrics"].get("alignment", {}).items():
+        out.append(Claim(f"{name}: cosine of the shared preconditioner A with -Σ⁻¹", cos, _ALIGN, cos >= _ALIGN,
+                         strict=trained))
     k = cfg["probe_depth"]
     tail = probe["looped"][k - 1:]
     rise = max(b / a for a, b in zip(tail, tail[1:]))
