@@ -7,13 +7,16 @@ random rotation U), w ~ N(0, Σ⁻¹), noiseless. Baselines, with the step size 
 L-step plain GD, and L-step GD preconditioned by Σ⁻¹ (PGD).
 
 - Multilayer: an L-layer linear transformer (Ahn et al.'s parameterization, P = [[B,0],[0,1]], Q = [[A,0],[0,0]]),
-  L = 1..4, each trained on its own.
-- Looped: one restricted layer (a single shared preconditioner A) looped L times, L = 1..10.
+  L ∈ {1, 2, 4}, each trained on its own.
+- Looped: one restricted layer (a single shared preconditioner A) looped L times, L ∈ {1, 2, 4, 8} (the full
+  default keeps these grids so that it fits one CPU core; batch 2048).
 Deeper products of linear layers are stiffer, so AdamW's peak step size is lr/L for the multilayer models (at
 lr/√L an 8-layer one diverged); the looped ones, with one shared A, train stably at lr_looped for every L (a CPU
 sweep at L=8: 0.05 reached 0.78 × PGD in 1000 steps, 0.02 only 1.12 ×).
 
-Claims, per L: trained error ≤ 1.02 × PGD error (the 2% slack the issue allows for training), and PGD ≤ plain GD.
+Claims, per L: trained error ≤ 1.02 × PGD error (the 2% slack the issue allows for training); the looped model's
+shared preconditioner A aligns with −Σ⁻¹ (Frobenius cosine ≥ 0.99; the theory's optimum is a multiple of −Σ⁻¹).
+Sanity (no trained model): tuned PGD ≤ tuned plain GD.
 Then a looped model with 8 loops, trained on the mean loss over its loops (Yang et al.'s loop window, which asks
 every loop to improve, so the shared step has to be a contraction), is run for 1..40 loops: from loop 8 on its
 error never rises (each loop is one more step of a convergent preconditioned GD). Trained on the loss at loop 8
@@ -54,6 +57,7 @@ from simulations.results import finalize, new_figure, save_figure
 NAME = "icl-pgd"
 _SLACK = 1.02
 _MIN_STEPS = 2000
+_ALIGN = 0.99  # the issue measured 1.0000 (one layer) and 0.9986 (looped L = 3) on the CPU
 
 
 @dataclass(frozen=True)
@@ -64,12 +68,12 @@ class Config:
     d: int = 5
     n: int = 20
     eigvals: tuple[float, ...] = (1.0, 1.0, 0.25, 0.0625, 1.0)
-    layers: tuple[int, ...] = (1, 2, 3, 4)
-    loops: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+    layers: tuple[int, ...] = (1, 2, 4)
+    loops: tuple[int, ...] = (1, 2, 4, 8)
     probe_depth: int = 8
     probe_max: int = 40
     steps: int = 2000
-    batch_size: int = 4096
+    batch_size: int = 2048
     lr: float = 5e-2
     lr_looped: float = 5e-2
     eval_prompts: int = 100_000
@@ -115,6 +119,11 @@ def _all_depths(model: torch.nn.Module, block: LinearAttention, depth: int, shar
     return predict
 
 
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frobenius cosine <a, b> / (|a| |b|)."""
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
 def _window_loss(model: torch.nn.Module, batch) -> torch.Tensor:
     """Mean over the model's loop window of the query MSE after each loop (Yang et al. 2023)."""
     preds = model(batch.x, batch.y, return_all=True)
@@ -128,7 +137,7 @@ def run(config: Config, out_dir: Path) -> dict:
     cov = TaskSampler(task, device=c.device).sample(1).cov[0]
     sigma_inv = torch.linalg.inv(cov)
     kw = dict(steps=c.steps, batch_size=c.batch_size, device=c.device, seed=c.seed)
-    preds, curves, probes = {}, {}, {}
+    preds, curves, probes, align = {}, {}, {}, {}
     for depth in c.layers:
         model = LinearAttention(c.d, depth, param="sparse", seed=c.seed)
         curves[f"layers={depth}"] = train(model, task, lr=c.lr / depth, **kw)
@@ -140,6 +149,7 @@ def run(config: Config, out_dir: Path) -> dict:
         model = LoopedTransformer(c.d, depth, kind="linear", param="restricted", seed=c.seed)
         curves[f"loops={depth}"] = train(model, task, lr=c.lr_looped, **kw)
         preds[f"looped L={depth}"] = model_predictor(model)
+        align[f"looped L={depth}"] = _cosine(model.block.A[0, 0].detach(), -sigma_inv)
     model = LoopedTransformer(c.d, c.probe_depth, kind="linear", param="restricted", seed=c.seed)
     curves[f"looped, window loss, loops={c.probe_depth}"] = train(model, task, lr=c.lr_looped,
                                                                   loss_fn=_window_loss, **kw)
@@ -150,7 +160,7 @@ def run(config: Config, out_dir: Path) -> dict:
             preds[f"{name} L={depth}"] = gd_predictor(depth, lr, pre)
     mse = evaluate(preds | probes, task, prompts=c.eval_prompts, device=c.device, seed=c.seed + 1000)
     probe = {k: mse.pop(k) for k in probes}
-    metrics = {"mse": mse, "probe": probe, "curves": curves}
+    metrics = {"mse": mse, "probe": probe, "curves": curves, "alignment": align}
 
     fig, axes = new_figure(1, 2)
     ax = axes[0, 0]
@@ -187,7 +197,10 @@ def claims(result: dict) -> list[Claim]:
             out.append(Claim(f"{kind} L={t}: trained / tuned PGD", r, _SLACK, r <= _SLACK, strict=trained))
     for t in sorted(set(cfg["layers"]) | set(cfg["loops"])):
         r = m[f"PGD L={t}"] / m[f"GD L={t}"]
-        out.append(Claim(f"L={t}: tuned PGD / tuned GD", r, 1.0, r <= 1.0))
+        out.append(Claim(f"L={t}: tuned PGD / tuned GD", r, 1.0, r <= 1.0, sanity=True))
+    for name, cos in result["metrics"].get("alignment", {}).items():
+        out.append(Claim(f"{name}: cosine of the shared preconditioner A with -Σ⁻¹", cos, _ALIGN, cos >= _ALIGN,
+                         strict=trained))
     k = cfg["probe_depth"]
     tail = probe["looped"][k - 1:]
     rise = max(b / a for a, b in zip(tail, tail[1:]))
