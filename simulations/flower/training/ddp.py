@@ -43,7 +43,7 @@ TAIL_SIGMAS = 16.0
 
 
 def rounded_l2_bound(scaled_norm: float, dim: int, beta: float) -> float:
-    """The l2 norm bound of a conditionally rounded vector (Kairouz, Liu, Steinke, ICML 2021, Theorem 6; as in
+    """The l2 norm bound of a conditionally rounded vector (Kairouz, Liu, Steinke, ICML 2021, Sec. 4.1, conditional randomized rounding; as in
     google-research/federated ``distributed_dp``): ``min(c + sqrt(d), sqrt(c^2 + d/4 + sqrt(2 log(1/beta))
     (c + sqrt(d)/2)))`` for a vector of norm ``c`` in ``d`` coordinates. ``beta = 0`` means unconditional rounding."""
     if not scaled_norm > 0:

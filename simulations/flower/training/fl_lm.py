@@ -35,7 +35,7 @@ ARMS = ("fedavg", "fedadam", "dp-fedavg", "dp2", "distributed")
 
 @dataclass(frozen=True)
 class Config(ExperimentConfig):
-    """Full size: 142 roles, 20 expected per round, 40 rounds of 10 local steps, 5 arms (~6 minutes, 2 CPU cores)."""
+    """Full size: 142 roles, 20 expected per round, 40 rounds of 10 local steps, 5 arms (379 s on this 2-core box)."""
 
     population: int = param(0, "clients (roles); 0: every role with >= 1,000 characters (142)", bounds="[0, 299]")
     cohort: float = param(20.0, "expected clients per round (Poisson)", bounds="(0, 299]")
@@ -58,7 +58,7 @@ class Config(ExperimentConfig):
 
     @classmethod
     def smoke(cls) -> Config:
-        """~1 minute: 30 roles, 6 per round, 8 rounds of 10 local steps at lr 1e-2."""
+        """30 roles, 6 per round, 8 rounds of 10 local steps at lr 1e-2."""
         return cls(population=30, cohort=6.0, rounds=8, local_lr=1e-2, dp2_delay=2)
 
     @property
