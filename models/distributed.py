@@ -47,8 +47,14 @@ def setup(device: str) -> DistInfo:
 
 
 def cleanup() -> None:
-    """Leave the process group (call once at the end of a torchrun script)."""
+    """Leave the process group (call once at the end of a torchrun script).
+
+    All ranks meet at a barrier first: a rank that tears gloo down while a peer is still writing its results
+    closes the peer's pairs under it, which aborts the peer ("terminate called without an active exception",
+    seen once in CI on a loaded 2-core machine).
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
