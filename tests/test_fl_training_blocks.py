@@ -177,7 +177,7 @@ def test_server_optimizers():
 
 
 def test_settings_bad_input_is_clear():
-    s = FLSettings.from_run_config({"rounds": "3", "cohort": 5, "dp": "central", "example-dp": "true"})
+    s = FLSettings.from_run_config({"rounds": "3", "cohort": 5, "dp": "central", "example-dp": "true", "bias": "true"})
     assert s.rounds == 3 and s.example_dp and s.dp == "central"
     with pytest.raises(ValueError, match="unknown run-config keys"):
         FLSettings.from_run_config({"roundz": 3})

@@ -87,6 +87,10 @@ class GPT(nn.Module):
     `self.blocks`; `make_block()` builds a fresh one of this model's shape and `with_blocks(blocks)` returns
     this model with another block list (its config's n_layer updated), which is all growth needs."""
 
+    per_sample_positions: bool = False
+    """True: positions are looked up per example (the same values), so Opacus' hooks can give `wpe` per-sample
+    gradients (a slice of `wpe.weight` has no grad sampler). Set it on a model before wrapping it for DP-SGD."""
+
     def __init__(self, config: GPTConfig, seed: int | None = None) -> None:
         super().__init__()
         if not isinstance(config, GPTConfig):
@@ -139,7 +143,11 @@ class GPT(nn.Module):
         if t > self.config.block_size:
             raise ValueError(f"sequence length {t} is longer than the model's context block_size="
                              f"{self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe.weight[:t])
+        if self.per_sample_positions:  # one lookup per example: Opacus' Embedding sampler needs the batch dim
+            pos = self.wpe(torch.arange(t, device=idx.device).expand(idx.shape[0], t))
+        else:
+            pos = self.wpe.weight[:t]
+        x = self.drop(self.wte(idx) + pos)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)

@@ -51,6 +51,7 @@ class FederatedRun:
                                          delay=s.dp2_delay, beta=s.dp2_beta, eps=s.dp2_eps, tau=s.adam_tau)
         self.round = 0
         self.history: list[dict[str, Any]] = []
+        self.example_steps: dict[int, list[float]] = {}  # example-level DP: cid -> [q, sigma, steps so far]
         self.noise_rng = np.random.default_rng([s.seed, 0xD15E])  # the trusted server's (central DP) noise
         self.sigma = 0.0
         self.ddp: DDPParams | None = None
@@ -85,7 +86,24 @@ class FederatedRun:
                        epsilon=p.epsilon(t, s.delta, self.q) if self.round else 0.0,
                        epsilon_vs_server=p.epsilon(t, s.delta) if self.round else 0.0,
                        adversary="the server (sees only exact SecAgg+ sums) and observers of the released models")
+        if s.example_dp:
+            out["example_level"] = self.example_privacy()
         return out
+
+    def example_privacy(self) -> dict[str, Any]:
+        """Example-level DP on the clients: each client's epsilon, composed over the rounds it took part in from
+        the (q, sigma, steps) it reported (DP-SGD's subsampled Gaussian, through dpopt.accounting)."""
+        from dpopt.accounting import epsilon
+
+        s = self.settings
+        eps = {cid: epsilon(sig, q, int(steps), s.delta) for cid, (q, sig, steps) in sorted(self.example_steps.items())}
+        vals = list(eps.values())
+        return {"protected": f"one training window ({s.block_size + 1} tokens) of one client's text",
+                "adversary": "anyone who sees the client's update, the server included (no trust needed)",
+                "optimizer": s.example_optimizer, "noise_multiplier": s.example_noise, "clip": s.example_clip,
+                "delta": s.delta, "clients": len(eps), "per_client_epsilon": {str(k): v for k, v in eps.items()},
+                "max_epsilon": max(vals) if vals else 0.0,
+                "median_epsilon": float(np.median(vals)) if vals else 0.0}
 
     # --------------------------------------------------------------------------------------------- rounds
     def client_upload(self, cid: int, t: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -130,6 +148,11 @@ class FederatedRun:
                 agg = decode_sum(np.asarray(total, dtype=np.int64), self.ddp, self.rotation_seed(t)) / expected
             self.x = self.opt.step(self.x, agg, t)
             rec["update_norm"] = float(np.linalg.norm(agg))
+        for m in metrics:  # every round that ran is accounted for the clients that trained in it
+            if "example_q" in m:
+                acc = self.example_steps.setdefault(int(m["cid"]), [float(m["example_q"]),
+                                                                    float(m["example_sigma"]), 0.0])
+                acc[2] += float(m["example_steps"])
         losses = [m["train_loss"] for m in metrics if "train_loss" in m]
         rec["train_loss"] = float(np.mean(losses)) if losses else float("nan")
         rec["time"] = time.perf_counter()  # when the round finished (benchmarks: per-round wall time)
@@ -170,7 +193,8 @@ class FederatedRun:
     def state_dict(self) -> dict[str, Any]:
         return {"model_key": self.settings.model_key(), "round": self.round, "x": self.x.copy(),
                 "opt": self.opt.state_dict(), "history": list(self.history),
-                "noise_rng": self.noise_rng.bit_generator.state, "settings": self.settings.to_run_config()}
+                "noise_rng": self.noise_rng.bit_generator.state, "settings": self.settings.to_run_config(),
+                "example_steps": {k: list(v) for k, v in self.example_steps.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.settings.model_key()
@@ -180,6 +204,7 @@ class FederatedRun:
         self.round, self.x, self.history = int(state["round"]), np.asarray(state["x"]), list(state["history"])
         self.opt.load_state_dict(state["opt"])
         self.noise_rng.bit_generator.state = state["noise_rng"]
+        self.example_steps = {int(k): list(v) for k, v in state.get("example_steps", {}).items()}
 
     def save(self, path: Path) -> None:
         """Write the server state atomically (a crash mid-write keeps the previous checkpoint)."""

@@ -17,7 +17,7 @@ WORKLOADS = ("lm-shakespeare", "icl")
 DP_MODES = ("none", "central", "distributed")
 _SAMPLING = ("poisson", "fixed")
 _DEVICES = ("cpu", "cuda", "auto")
-MODEL_FIELDS = ("workload", "n_layer", "n_head", "n_embd", "block_size", "min_chars", "icl_d", "icl_n",
+MODEL_FIELDS = ("workload", "n_layer", "n_head", "n_embd", "block_size", "bias", "min_chars", "icl_d", "icl_n",
                 "icl_kappa", "icl_layers", "seed")
 """The fields that fix the model and the data: a checkpoint made under other values refuses to resume."""
 
@@ -57,14 +57,23 @@ class FLSettings:
     min_survivors: float = 0.5
     """Distributed DP's noise floor as a fraction of the expected cohort (a round with fewer is not unmasked)."""
     example_dp: bool = False
-    """Example-level DP on every client: DP-SGD through dpopt.PrivacyEngine inside the Trainer."""
+    """Example-level DP on every client (lm-shakespeare): DP-SGD or DP² through dpopt.PrivacyEngine inside the
+    Trainer, on Poisson batches of the client's own training windows; needs bias=true (Opacus' LayerNorm)."""
     example_noise: float = 1.0
+    """Example-level DP's noise multiplier sigma (std sigma * example_clip on the summed clipped gradients)."""
     example_clip: float = 1.0
     example_optimizer: str = "dpsgd"
+    """'dpsgd' (Opacus' DP-SGD) or 'dp2' (dpopt's DP²-RMSProp within each round's local steps)."""
+    example_dp2_delay: int = 5
+    """DP² on clients: local steps of DP-SGD before the preconditioner is switched on (the delay s)."""
+    example_lr2: float = 0.0
+    """DP² on clients: the preconditioned phase's lr (0: local_lr)."""
     n_layer: int = 2
     n_head: int = 2
     n_embd: int = 16
     block_size: int = 32
+    bias: bool = False
+    """lm-shakespeare: biases in the GPT's linear layers and LayerNorms (example-level DP needs them)."""
     min_chars: int = 1000
     icl_d: int = 5
     icl_n: int = 20
@@ -96,7 +105,13 @@ class FLSettings:
         need(self.device in _DEVICES, f"device must be one of {_DEVICES}, got {self.device!r}")
         need(self.example_optimizer in ("dpsgd", "dp2"),
              f"example_optimizer must be 'dpsgd' or 'dp2', got {self.example_optimizer!r}")
-        for name in ("rounds", "local_steps", "batch_size", "dp2_delay", "n_layer", "n_head", "n_embd",
+        if self.example_dp:
+            need(self.workload == "lm-shakespeare",
+                 f"example_dp supports workload 'lm-shakespeare' only (the ICL model keeps bare parameters, which "
+                 f"Opacus has no per-sample gradients for), got {self.workload!r}")
+            need(self.bias, "example_dp needs bias=true: Opacus' LayerNorm grad sampler requires LayerNorm biases")
+        need(self.example_lr2 >= 0, f"example_lr2 must be >= 0 (0: local_lr), got {self.example_lr2}")
+        for name in ("rounds", "local_steps", "batch_size", "dp2_delay", "example_dp2_delay", "n_layer", "n_head", "n_embd",
                      "block_size", "icl_d", "icl_n", "icl_layers", "min_train_nodes", "min_chars"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.population >= 0, f"population must be >= 0 (0: all clients), got {self.population}")

@@ -116,8 +116,20 @@ class LMShakespeare(Workload):
 
         s = self.settings
         cfg = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=s.block_size, n_layer=s.n_layer,
-                        n_head=s.n_head, n_embd=s.n_embd, bias=False)
-        return GPT(cfg, seed=s.seed)
+                        n_head=s.n_head, n_embd=s.n_embd, bias=s.bias)
+        model = GPT(cfg, seed=s.seed)
+        model.per_sample_positions = s.example_dp  # the same function; Opacus needs batched position lookups
+        return model
+
+    def windows(self, cid: int) -> torch.Tensor:
+        """Client `cid`'s training examples for example-level DP: its text cut into consecutive windows of
+        block_size + 1 tokens (input and shifted target), [n_windows, block_size + 1]. Windows j and j + 1 share
+        one boundary token, so "one example" is one window, not one character."""
+        self.check_client(cid)
+        tokens, b = self.train[cid], self.settings.block_size
+        n = (len(tokens) - 1) // b
+        idx = np.arange(n)[:, None] * b + np.arange(b + 1)
+        return torch.from_numpy(tokens[idx].astype(np.int64))
 
     def batches(self, cid: int, server_round: int):
         self.check_client(cid)
