@@ -1,0 +1,157 @@
+"""The federated-training Flower app project (flower-apps/fl-training): its `[tool.flwr.app]` validates, its FAB
+builds, its default run config is accepted before any round, and (slow) the same apps run under `flwr run` on the
+local simulation federation and on the deployment engine (a SuperLink and three SuperNodes), where the rounds
+equal the in-process engine's."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT / "flower-apps" / "fl-training"
+CONFIG = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+pytest.importorskip("flwr")
+
+
+def test_the_app_validates_and_its_fab_builds():
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.config import validate_config
+
+    ok, errors, warnings = validate_config(tomllib.loads((PROJECT / "pyproject.toml").read_text()),
+                                           check_module=True, project_dir=PROJECT)
+    assert ok and not warnings, (errors, warnings)
+    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(PROJECT)))
+    assert sorted(fab.namelist()) == [".info/CONTENT", "README.md", "pyproject.toml"]
+
+
+def test_the_default_run_config_is_checked_before_any_round():
+    from simulations.flower.training.deploy import run_from_config
+
+    run, out = run_from_config(dict(CONFIG))
+    assert run.population == CONFIG["population"] and out.name == "fl-training"
+    assert run.sigma > 0 and run.settings.dp == "central"  # calibrated by the server before round 1
+    with pytest.raises(ValueError, match="unknown run-config keys"):
+        run_from_config({**CONFIG, "roundz": 3})
+
+
+def _inprocess_losses(overrides: dict) -> list[float]:
+    from simulations.flower.training.deploy import run_from_config
+
+    run, _ = run_from_config({**CONFIG, **overrides})
+    run.run_inprocess()
+    return [h["val_loss"] for h in run.history]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    bindir = Path(sys.executable).parent
+    return dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+                RAY_USAGE_STATS_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT), **extra)
+
+
+def _kill_matching(marker: str) -> None:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in cmd and marker in cmd:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _need_cli() -> Path:
+    bindir = Path(sys.executable).parent
+    if shutil.which("flwr", path=str(bindir)) is None or not (bindir / "flower-superlink").exists():
+        pytest.skip("the flwr CLI and flower-superlink are not installed beside this Python")
+    return bindir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("ray")
+def test_flwr_run_on_the_local_simulation_federation(tmp_path):
+    bindir = _need_cli()
+    home, out = tmp_path / "flwr-home", tmp_path / "out"
+    env = _env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="39391", FLWR_LOCAL_CONTROL_API_PORT="39393")
+    try:
+        run = subprocess.run(
+            [str(bindir / "flwr"), "run", str(PROJECT), "--stream", "--federation-config",
+             f"num-supernodes={CONFIG['population']} client-resources-num-cpus=1",
+             "--run-config", f'rounds=2 out-dir="{out}"'], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=540)
+        deadline = time.monotonic() + 60
+        while not (out / "result.json").is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        _kill_matching(str(home))
+    assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["nodes_found"] == CONFIG["population"]
+    assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses({"rounds": 2}), abs=1e-6)
+    assert result["privacy"]["epsilon"] == pytest.approx(CONFIG["target-epsilon"], abs=1e-2)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_app_on_a_superlink_and_three_supernodes(tmp_path):
+    bindir = _need_cli()
+    if shutil.which("flower-superexec", path=str(bindir)) is None:
+        pytest.skip("flower-superexec is not installed beside this Python")
+    port, home, out = 18100, tmp_path / "flwr", tmp_path / "out"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    env, procs = _env(home), []
+
+    def start(*args: str, log: str) -> None:
+        procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, stdout=open(tmp_path / log, "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+
+    overrides = {"population": 3, "cohort": 3.0, "rounds": 2, "dp": "none"}
+    try:
+        start(str(bindir / "flower-superlink"), "--insecure", "--port", str(port), log="superlink.log")
+        time.sleep(5)
+        for i in range(3):
+            start(str(bindir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                  "--port", str(19194 + i), "--node-config", f"partition-id={i}", log=f"node{i}.log")
+        cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in {**overrides, "out-dir": str(out)}.items())
+        run = subprocess.run([str(bindir / "flwr"), "run", str(PROJECT), "test", "--stream", "--run-config", cfg],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=800)
+        deadline = time.monotonic() + 60
+        while not (out / "result.json").is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    finally:
+        _stop(procs)
+    result = json.loads((out / "result.json").read_text())
+    assert [h["survived"] for h in result["history"]] == [3, 3] and result["nodes_found"] == 3
+    assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses(overrides), abs=1e-6)
