@@ -61,7 +61,7 @@ def _time_stages() -> None:
             finally:
                 _STAGE_SECONDS.setdefault(_name, []).append(time.perf_counter() - t0)
 
-        setattr(server_app._FlooredSecAggPlus, name, timed)
+        setattr(server_app.FlooredSecAggPlus, name, timed)
 
 
 def _settings(n: int, rounds: int, secagg: bool = True, num_shares: int = 0) -> ServerSettings:

@@ -7,7 +7,7 @@ into the exact sum with ``rint(mean * n)``. The exactness parameters come from `
 
 Noise floor: the noise is split into `settings.noise_floor` shares, so a round with fewer survivors would carry
 less noise than calibrated. Such a round is never released: under SecAgg+ the workflow halts *before* the unmask
-stage (`_FlooredSecAggPlus`), so not even the server process holds its sum; on the plain baseline the strategy
+stage (`FlooredSecAggPlus`), so not even the server process holds its sum; on the plain baseline the strategy
 drops it. Dropouts are what a deployment sees: a sampled partition without a connected node, a client that fails,
 and a client that misses a stage's time-out are all dropouts, counted per round, never a crash.
 
@@ -112,7 +112,7 @@ class SketchSumStrategy(FedAvg):
             self.log.records.append(rec)
 
 
-class _FlooredSecAggPlus(SecAggPlusWorkflow):
+class FlooredSecAggPlus(SecAggPlusWorkflow):
     """SecAgg+ that refuses to unmask a round with fewer survivors than the noise floor, and remembers its state so
     that a halted round is reported with its survivor count."""
 
@@ -138,7 +138,7 @@ def _round_runner(settings: ServerSettings, strategy: SketchSumStrategy, on_roun
     from flwr.server.workflow.default_workflows import default_fit_workflow
 
     if settings.secagg:
-        inner = _FlooredSecAggPlus(
+        inner = FlooredSecAggPlus(
             num_shares=settings.num_shares or secagg_shares(settings.clients_per_round),
             reconstruction_threshold=settings.reconstruction_threshold, timeout=settings.timeout,
             noise_floor=settings.noise_floor, **settings.exact_params().workflow_kwargs(),

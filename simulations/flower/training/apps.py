@@ -8,8 +8,8 @@ a reply carrying an error (the client raised: its exception text is kept in the 
 missing reply are all dropouts; the round proceeds when at least ``min_train_nodes`` updates arrived. A node's
 client id is its node config's ``partition-id`` (the server learns it with one QUERY message per node).
 
-Distributed DP needs SecAgg+, which flwr 1.4x offers on its legacy path only: not wired here yet (the in-process
-engine runs it; issue 11 stays open for the SecAgg+ app).
+Distributed DP needs SecAgg+, which flwr 1.4x offers on its legacy path only: its app pair is `secagg` (this
+ClientApp refuses a distributed-DP round).
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ __all__ = ["client_app", "make_server_app", "discover_clients"]
 
 
 @lru_cache(maxsize=4)
-def _client_side(run_config: tuple) -> FederatedRun:
+def client_side(run_config: tuple) -> FederatedRun:
     """The client's copy of the run's public parameters (workload, DP parameters), built once per process."""
     return FederatedRun(FLSettings.from_run_config(dict(run_config)))
 
 
-def _settings_key(config: dict) -> tuple:
+def settings_key(config: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in config.items() if k != "round"))
 
 
@@ -59,7 +59,7 @@ client_app = ClientApp()
 def _train(msg: Message, context: Context) -> Message:
     cfg = dict(msg.content["config"])
     t = int(cfg["round"])
-    run = _client_side(_settings_key(cfg))
+    run = client_side(settings_key(cfg))
     if run.settings.dp == "distributed":
         raise RuntimeError("distributed DP runs only through SecAgg+ (not in this Message-API app)")
     cid = int(context.node_config["partition-id"])

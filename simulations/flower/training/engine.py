@@ -125,15 +125,19 @@ class FederatedRun:
         return int(np.random.SeedSequence([self.settings.seed, 0x20AD, t]).generate_state(1)[0])
 
     def finish_round(self, t: int, uploads: list[np.ndarray], failures: list[str], sampled: int,
-                     metrics: list[dict[str, float]]) -> dict[str, Any]:
+                     metrics: list[dict[str, float]], *, survived: int | None = None,
+                     skipped: str | None = None) -> dict[str, Any]:
         """Aggregate the round's uploads (already summed by SecAgg+ when one array is given for distributed DP),
-        step the server optimizer, log. A round below min_train_nodes (or the noise floor) changes nothing."""
+        step the server optimizer, log. A round below min_train_nodes (or the noise floor) changes nothing; so
+        does a round the transport already refused to release (`skipped`, with its `survived` count)."""
         s = self.settings
-        rec: dict[str, Any] = {"round": t, "sampled": sampled, "survived": len(uploads) if s.dp != "distributed"
-                               or len(uploads) != 1 else sampled - len(failures), "failures": failures}
-        survived = rec["survived"]
+        if survived is None:
+            survived = len(uploads) if s.dp != "distributed" or len(uploads) != 1 else sampled - len(failures)
+        rec: dict[str, Any] = {"round": t, "sampled": sampled, "survived": survived, "failures": failures}
         floor = self.ddp.min_survivors if self.ddp else 0
-        if survived < max(s.min_train_nodes, floor) or not uploads:
+        if skipped:
+            rec["skipped"] = skipped
+        elif survived < max(s.min_train_nodes, floor) or not uploads:
             rec["skipped"] = (f"round {t}: {survived} of {sampled} clients survived, below "
                               f"{'the noise floor ' + str(floor) if survived < floor else 'min_train_nodes'}")
         else:

@@ -27,9 +27,13 @@ def run_flower(settings: FLSettings, *, num_cpus: float = 1.0, num_gpus: float =
     import ray
     from flwr.simulation import run_simulation
 
-    from simulations.flower.training.apps import client_app, make_server_app
-
     run = run or FederatedRun(settings)
+    if settings.dp == "distributed":  # the exact SecAgg+ sum (legacy path): the server never sees one update
+        from simulations.flower.training.secagg import make_secagg_server_app as make_server_app
+        from simulations.flower.training.secagg import secagg_client_app as client_app
+    else:
+        from simulations.flower.training.apps import client_app, make_server_app
+
     fired = threading.Event()
 
     def _watchdog() -> None:
