@@ -1,7 +1,7 @@
-"""The federated-training Flower app project (flower-apps/fl-training): its `[tool.flwr.app]` validates, its FAB
-builds, its default run config is accepted before any round, and (slow) the same apps run under `flwr run` on the
-local simulation federation and on the deployment engine (a SuperLink and three SuperNodes), where the rounds
-equal the in-process engine's."""
+"""The federated-training Flower app projects (flower-apps/fl-training, and fl-training-secagg for distributed DP):
+their `[tool.flwr.app]` validates, their FABs build, their default run configs are accepted before any round, and
+(slow) the apps run under `flwr run` on the local simulation federation and on the deployment engine (a SuperLink
+and three SuperNodes), where the rounds equal the in-process engine's."""
 
 from __future__ import annotations
 
@@ -20,37 +20,52 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PROJECTS = ("fl-training", "fl-training-secagg")
 PROJECT = ROOT / "flower-apps" / "fl-training"
-CONFIG = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def _config(name: str) -> dict:
+    return tomllib.loads((ROOT / "flower-apps" / name / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+CONFIG = _config("fl-training")
 
 pytest.importorskip("flwr")
 
 
-def test_the_app_validates_and_its_fab_builds():
+@pytest.mark.parametrize("name", PROJECTS)
+def test_the_app_validates_and_its_fab_builds(name):
     from flwr.cli.build import build_fab_from_disk
     from flwr.common.config import validate_config
 
-    ok, errors, warnings = validate_config(tomllib.loads((PROJECT / "pyproject.toml").read_text()),
-                                           check_module=True, project_dir=PROJECT)
+    project = ROOT / "flower-apps" / name
+    ok, errors, warnings = validate_config(tomllib.loads((project / "pyproject.toml").read_text()),
+                                           check_module=True, project_dir=project)
     assert ok and not warnings, (errors, warnings)
-    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(PROJECT)))
+    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(project)))
     assert sorted(fab.namelist()) == [".info/CONTENT", "README.md", "pyproject.toml"]
 
 
-def test_the_default_run_config_is_checked_before_any_round():
+@pytest.mark.parametrize("name", PROJECTS)
+def test_the_default_run_config_is_checked_before_any_round(name):
     from simulations.flower.training.deploy import run_from_config
 
-    run, out = run_from_config(dict(CONFIG))
-    assert run.population == CONFIG["population"] and out.name == "fl-training"
-    assert run.sigma > 0 and run.settings.dp == "central"  # calibrated by the server before round 1
+    cfg = _config(name)
+    run, out = run_from_config(dict(cfg))
+    assert run.population == cfg["population"] and out.name == name
+    if run.settings.dp == "central":
+        assert run.sigma > 0  # calibrated by the server before round 1
+    else:
+        assert run.ddp is not None and run.ddp.variance > 0 and name.endswith("secagg")
+        assert run.ddp.exact().max_clients >= run.ddp.max_clients  # the modulus check ran
     with pytest.raises(ValueError, match="unknown run-config keys"):
-        run_from_config({**CONFIG, "roundz": 3})
+        run_from_config({**cfg, "roundz": 3})
 
 
-def _inprocess_losses(overrides: dict) -> list[float]:
+def _inprocess_losses(overrides: dict, name: str = "fl-training") -> list[float]:
     from simulations.flower.training.deploy import run_from_config
 
-    run, _ = run_from_config({**CONFIG, **overrides})
+    run, _ = run_from_config({**_config(name), **overrides})
     run.run_inprocess()
     return [h["val_loss"] for h in run.history]
 
@@ -87,16 +102,19 @@ def _need_cli() -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.xdist_group("ray")
-def test_flwr_run_on_the_local_simulation_federation(tmp_path):
+@pytest.mark.parametrize("name", PROJECTS)
+def test_flwr_run_on_the_local_simulation_federation(tmp_path, name):
     bindir = _need_cli()
+    cfg = _config(name)
     home, out = tmp_path / "flwr-home", tmp_path / "out"
     env = _env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="39391", FLWR_LOCAL_CONTROL_API_PORT="39393")
+    extra = {"rounds": 2, "simulate-noise-seed": 3}  # seeded shares (simulation only) so in-process can repeat them
     try:
         run = subprocess.run(
-            [str(bindir / "flwr"), "run", str(PROJECT), "--stream", "--federation-config",
-             f"num-supernodes={CONFIG['population']} client-resources-num-cpus=1",
-             "--run-config", f'rounds=2 out-dir="{out}"'], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=540)
+            [str(bindir / "flwr"), "run", str(ROOT / "flower-apps" / name), "--stream", "--federation-config",
+             f"num-supernodes={cfg['population']} client-resources-num-cpus=1", "--run-config",
+             " ".join(f"{k}={json.dumps(v)}" for k, v in {**extra, "out-dir": str(out)}.items())],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
         deadline = time.monotonic() + 60
         while not (out / "result.json").is_file() and time.monotonic() < deadline:
             time.sleep(1)
@@ -104,9 +122,9 @@ def test_flwr_run_on_the_local_simulation_federation(tmp_path):
         _kill_matching(str(home))
     assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["nodes_found"] == CONFIG["population"]
-    assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses({"rounds": 2}), abs=1e-6)
-    assert result["privacy"]["epsilon"] == pytest.approx(CONFIG["target-epsilon"], abs=1e-2)
+    assert result["nodes_found"] == cfg["population"]
+    assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses(extra, name), abs=1e-6)
+    assert result["privacy"]["epsilon"] == pytest.approx(cfg["target-epsilon"], abs=1e-2)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

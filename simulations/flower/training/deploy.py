@@ -1,7 +1,9 @@
 """The federated-training ServerApp as a loadable component, for ``flwr run`` (local simulation federation or the
 deployment engine): ``simulations.flower.training.deploy:app``, with the ClientApp
-``simulations.flower.training.apps:client_app``. The Flower app project is ``flower-apps/fl-training/``
-(docs/fl-training.md shows both ways to run it).
+``simulations.flower.training.apps:client_app``: the Flower app project ``flower-apps/fl-training/``. With
+``dp="distributed"`` the server runs the rounds over SecAgg+ and the clients must be
+``simulations.flower.training.secagg:secagg_client_app``: the project ``flower-apps/fl-training-secagg/``
+(docs/fl-training.md shows how to run both).
 
 The run config is `FLSettings`' keys in kebab-case plus ``out-dir`` (where ``result.json`` goes: the settings, the
 per-round history and the privacy report). Everything is checked before the first round: an unknown key, a bad
@@ -27,6 +29,7 @@ except ModuleNotFoundError as _e:  # the Flower apps need the [flower] extra
 
 from simulations.flower.training.apps import run_rounds
 from simulations.flower.training.engine import FederatedRun
+from simulations.flower.training.secagg import run_secagg_rounds
 from simulations.flower.training.settings import FLSettings
 
 __all__ = ["app", "run_from_config"]
@@ -62,6 +65,9 @@ app = ServerApp()
 def _main(grid: Grid, context: Context) -> None:
     run, out = run_from_config(dict(context.run_config))
     try:
-        run_rounds(grid, run, progress=True)
+        if run.settings.dp == "distributed":  # the exact SecAgg+ sum: project flower-apps/fl-training-secagg
+            run_secagg_rounds(grid, context, run, progress=True)
+        else:
+            run_rounds(grid, run, progress=True)
     finally:  # the rounds done so far are kept even when a round raises
         _write(run, out)
