@@ -269,3 +269,23 @@ def test_distributed_round_runs_and_federated_icl_learns():
     assert all("skipped" not in h for h in hist if h["survived"] >= ddp.ddp.min_survivors)
     p = ddp.privacy()
     assert p["epsilon"] <= 50.0 + 1e-6 and p["epsilon_vs_server"] > p["epsilon"]
+
+
+def test_fedadam_server_equals_flowers_fedadam_round_by_round():
+    pytest.importorskip("flwr")
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAdam
+
+    from simulations.flower.training.server_opt import FedAdamServer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=7)
+    flower = FedAdam(initial_parameters=ndarrays_to_parameters([x.copy()]), eta=0.1, eta_l=0.1, beta_1=0.9,
+                     beta_2=0.99, tau=1e-3)
+    ours, x_ours, x_flower = FedAdamServer(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3), x.copy(), x.copy()
+    for t in range(1, 6):
+        deltas = rng.normal(size=(3, 7))
+        res = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([x_flower + d]), 5, {})) for d in deltas]
+        x_flower = parameters_to_ndarrays(flower.aggregate_fit(t, res, [])[0])[0]
+        x_ours = ours.step(x_ours, deltas.mean(axis=0), t)
+        np.testing.assert_allclose(x_ours, x_flower, rtol=0, atol=1e-12)
