@@ -90,7 +90,9 @@ def test_fl_lm_shakespeare_smoke_inprocess(tmp_path):
 
     result = run_smoke("fl-lm-shakespeare", tmp_path, engine="inprocess")
     arms = result["metrics"]["arms"]
-    assert set(arms) == {"fedavg", "fedadam", "dp-fedavg", "dp2", "distributed"}
+    assert set(arms) == {"fedavg", "fedadam", "dp-fedavg", "dp2", "distributed", "example-dp"}
+    ex = arms["example-dp"]["privacy"]["example_level"]
+    assert ex["clients"] >= 1 and 0 < ex["median_epsilon"] <= ex["max_epsilon"] < float("inf")
     p = arms["distributed"]["privacy"]
     assert p["epsilon"] <= 8.0 + 1e-6 < p["epsilon_vs_server"]  # both adversaries stated
     assert arms["dp-fedavg"]["privacy"]["epsilon_no_amplification"] > arms["dp-fedavg"]["privacy"]["epsilon"]
