@@ -49,3 +49,37 @@ def one_torch_thread():
 def token_cache(tmp_path_factory, monkeypatch):
     """Token-array caches (FEDPRIVACY_CACHE) in the session's temp folder, not the user's cache."""
     monkeypatch.setenv("FEDPRIVACY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def stop_local_superlink(marker: str) -> None:
+    """`flwr run` starts the local SuperLink detached: stop the one whose command line has `marker` (our private
+    FLWR_HOME), by pid."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in cmd and marker in cmd:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def stop_process_groups(procs: list) -> None:
+    """SIGTERM each started process group (last first), then SIGKILL any that outlive 20 s."""
+    import signal
+    import subprocess
+
+    for p in reversed(procs):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import stop_local_superlink, stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = ("fl-training", "fl-training-secagg")
@@ -77,21 +77,6 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
                 PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT), **extra)
 
 
-def _kill_matching(marker: str) -> None:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "flower-superlink" in cmd and marker in cmd:
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-
 def _need_cli() -> Path:
     bindir = Path(sys.executable).parent
     if shutil.which("flwr", path=str(bindir)) is None or not (bindir / "flower-superlink").exists():
@@ -119,23 +104,12 @@ def test_flwr_run_on_the_local_simulation_federation(tmp_path, name):
         while not (out / "result.json").is_file() and time.monotonic() < deadline:
             time.sleep(1)
     finally:
-        _kill_matching(str(home))
+        stop_local_superlink(str(home))
     assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["nodes_found"] == cfg["population"]
     assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses(extra, name), abs=1e-6)
     assert result["privacy"]["epsilon"] == pytest.approx(cfg["target-epsilon"], abs=1e-2)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in reversed(procs):
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -169,7 +143,7 @@ def test_the_app_on_a_superlink_and_three_supernodes(tmp_path):
             time.sleep(1)
         assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     finally:
-        _stop(procs)
+        stop_process_groups(procs)
     result = json.loads((out / "result.json").read_text())
     assert [h["survived"] for h in result["history"]] == [3, 3] and result["nodes_found"] == 3
     assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses(overrides), abs=1e-6)

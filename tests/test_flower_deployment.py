@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import stop_process_groups
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -56,17 +56,6 @@ out-dir = "{out}"
 """
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in reversed(procs):
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-
-
 def test_apps_run_on_superlink_and_supernodes(tmp_path):
     bindir = Path(sys.executable).parent
     if not (bindir / "flower-superlink").exists() or shutil.which("flower-superexec", path=str(bindir)) is None:
@@ -100,7 +89,7 @@ def test_apps_run_on_superlink_and_supernodes(tmp_path):
                              capture_output=True, text=True, timeout=800)
         assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     finally:
-        _stop(procs)
+        stop_process_groups(procs)
     result = json.loads((out / "result.json").read_text())
     assert result["metrics"]["rounds_released"] == 2
     assert result["metrics"]["sum_max_abs_diff_vs_inprocess"] == 0

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import stop_local_superlink
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
@@ -43,22 +43,6 @@ def test_the_default_run_config_is_accepted_by_the_server_app():
     assert opts["dp"] and settings.noise_var > 0  # DP by default, calibrated by the server
 
 
-def _stop_local_superlink(home: Path) -> None:
-    """`flwr run` starts the local SuperLink detached; stop the one that uses our private FLWR_HOME, by pid."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "flower-superlink" in cmd and str(home) in cmd:
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.xdist_group("ray")
@@ -80,7 +64,7 @@ def test_flwr_run_from_the_repository_root(tmp_path):
         while not (out / "result.json").is_file() and time.monotonic() < deadline:
             time.sleep(1)
     finally:
-        _stop_local_superlink(home)
+        stop_local_superlink(str(home))
     assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     rounds = result["metrics"]["rounds"]
