@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cohorts", default="10,50")
     ap.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1))
+    ap.add_argument("--gpu-clients", default="4,8",
+                    help="with CUDA: clients sharing one GPU (num_gpus = 1/k each), against the same round on CPU")
     args = ap.parse_args()
     from simulations.flower.training.engine import FederatedRun
     from simulations.flower.training.settings import FLSettings
@@ -78,6 +80,22 @@ def main() -> None:
     out["distributed_over_central_flower"] = rows["distributed_flower"] / rows["central_flower"]
     out["distributed_over_central_inprocess"] = rows["distributed_inprocess"] / rows["central_inprocess"]
     print(json.dumps({k: v for k, v in out.items() if k.startswith(("dp_", "distributed"))}))
+    import torch
+
+    if torch.cuda.is_available():  # k clients per round sharing one GPU vs the same clients on CPU
+        gpu: dict = {}
+        for k in (int(c) for c in args.gpu_clients.split(",")):
+            row = {}
+            for dev, share in (("cuda", 1.0 / k), ("cpu", 0.0)):
+                s = FLSettings(workload="lm-shakespeare", population=k, cohort=float(k), sampling="fixed",
+                               rounds=args.rounds + 1, local_steps=args.local_steps, eval_every=0, device=dev)
+                t0 = time.perf_counter()
+                r = run_flower(s, num_cpus=1.0, num_gpus=share, total_timeout=3600)
+                row[f"{dev}_s_per_round"] = statistics.median(_round_times(r, t0)[0])
+            row["cpu_over_gpu"] = row["cpu_s_per_round"] / row["cuda_s_per_round"]
+            gpu[k] = row
+            print("gpu", k, json.dumps(row), flush=True)
+        out["gpu_shared"] = gpu
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -289,3 +289,20 @@ def test_fedadam_server_equals_flowers_fedadam_round_by_round():
         x_flower = parameters_to_ndarrays(flower.aggregate_fit(t, res, [])[0])[0]
         x_ours = ours.step(x_ours, deltas.mean(axis=0), t)
         np.testing.assert_allclose(x_ours, x_flower, rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_a_client_round_on_cuda_equals_the_cpu_round():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from simulations.flower.training.local import local_update
+    from simulations.flower.training.workloads import flat_params, make_workload
+
+    s = FLSettings(workload="lm-shakespeare", population=4, cohort=2.0, local_steps=5)
+    w = make_workload(s)
+    x = flat_params(w.make_model())
+    cpu, _ = local_update(w, s, x, 1, 1)
+    gpu, _ = local_update(w, s.replace(device="cuda"), x, 1, 1)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-5)
