@@ -171,7 +171,9 @@ def _round_runner(settings: ServerSettings, strategy: SketchSumStrategy, on_roun
 
 
 def discover_partitions(grid: Grid, n_nodes: int, timeout: float = 120.0) -> dict[int, int]:
-    """SIMULATION ONLY (the evaluation oracle): wait for the nodes and ask each for its partition id.
+    """Wait for the nodes and ask each for its partition id: the analytics app's evaluation oracle (simulation
+    only), and the federated-training SecAgg+ app, whose server samples client ids (there a client id is the
+    node's public identity, which the server knows anyway; the data stays on the node).
 
     Only nodes whose node config sets ``answer-oracle=true`` answer; a node that does not answer in time is simply
     not in the map, and its partition counts as a dropout whenever it is sampled."""
