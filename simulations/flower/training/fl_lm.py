@@ -42,7 +42,8 @@ ARMS = ("fedavg", "fedadam", "dp-fedavg", "dp2", "distributed", "example-dp")
 
 @dataclass(frozen=True)
 class Config(ExperimentConfig):
-    """Full size: 142 roles, 20 expected per round, 40 rounds of 10 local steps, 5 arms (379 s on this 2-core box)."""
+    """Full size: 142 roles, 20 expected per round, 40 rounds of 10 local steps, 6 arms (795 s on this 2-core box
+    while two other full runs shared it; 379 s for the first 5 arms alone, before SecAgg+ and example-level DP)."""
 
     population: int = param(0, "clients (roles); 0: every role with >= 1,000 characters (142)", bounds="[0, 299]")
     cohort: float = param(20.0, "expected clients per round (Poisson)", bounds="(0, 299]")
@@ -142,11 +143,11 @@ def claims(result: dict) -> list[Claim]:
     """See the module docstring. DP² vs DP-FedAvg is strict at the full default (run and committed) and an
     observation at smaller sizes, where a few rounds of noise decide it.
 
-    Distributed within 5 % of central is an observation: at our cohort it sits on the cut. The full default gave
-    2.849 against a cut of 2.889 (record), and the same settings on the in-process engine with fresh CSPRNG noise
-    gave 2.891. At the same released-model ε it needs more noise, for two reasons. (1) Amplification for Skellam
-    goes through Zhu & Wang's general subsampled-RDP bound, which is looser than dp-accounting's tight
-    subsampled Gaussian: at q = 0.14 and T = 40 the calibrated noise std is 1.09 C, against central's 0.96 C.
+    Distributed within 5 % of central is an observation: at our cohort it sits on the cut. The full default through
+    SecAgg+ gave 2.851 against a cut of 2.889 (record; 2 of 40 rounds below the noise floor, not unmasked), an
+    earlier in-process run 2.849, and another with fresh CSPRNG noise 2.891. At the same released-model ε it
+    needs more noise, for two reasons. (1) Amplification for Skellam goes through Zhu & Wang's general
+    subsampled-RDP bound, which is looser than dp-accounting's tight subsampled Gaussian: at q = 0.14 and T = 40 the calibrated noise std is 1.09 C, against central's 0.96 C.
     (2) The shares are sized for the noise floor (16 = 0.8 of the expected cohort), while a Poisson cohort
     averages 20.4 survivors, so the sum carries 1.28x the calibrated variance. Both shrink with large, stable
     cohorts (the paper's hundreds of clients per round), which 2 CPU cores cannot run."""
