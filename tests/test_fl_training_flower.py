@@ -28,6 +28,22 @@ def test_four_clients_two_rounds_match_the_inprocess_engine_and_a_failure_is_cou
     assert flower.privacy()["epsilon"] == pytest.approx(local.privacy()["epsilon"])
 
 
+def test_a_client_that_times_out_is_a_dropout_and_the_round_proceeds():
+    pytest.importorskip("flwr")
+    from simulations.flower.training.engine import FederatedRun
+    from simulations.flower.training.settings import FLSettings
+    from simulations.flower.training.simulate import run_flower
+
+    s = FLSettings(workload="icl", population=3, cohort=3, sampling="fixed", rounds=2, local_steps=2, batch_size=8,
+                   eval_every=1, timeout=10.0, hang_clients="1:2", seed=2)
+    flower = run_flower(s, total_timeout=300)
+    local = FederatedRun(s)
+    local.run_inprocess()
+    assert [h["survived"] for h in flower.history] == [3, 2] == [h["survived"] for h in local.history]
+    assert flower.history[1]["failures"] == ["client 1: no reply within 10.0 s"]
+    assert np.abs(flower.x - local.x).max() < 1e-6
+
+
 def test_distributed_dp_through_secagg_equals_the_inprocess_exact_sum_and_the_noise_floor_holds():
     pytest.importorskip("flwr")
     from simulations.flower.training.engine import FederatedRun

@@ -3,7 +3,8 @@ node's client through the shared Trainer (`engine.FederatedRun.client_upload`), 
 ``@app.main()`` runs `FederatedRun`'s rounds over the `Grid`.
 
 Per round the server Poisson-samples client ids, sends each sampled node a TRAIN message (the global vector and
-the run config with the round), and waits at most ``timeout`` seconds. A sampled client without a connected node,
+the run config with the round), and waits at most ``timeout`` seconds (the first round at least 60 s: the
+nodes' workers are still building their copies of the run). A sampled client without a connected node,
 a reply carrying an error (the client raised: its exception text is kept in the round's ``failures``), and a
 missing reply are all dropouts; the round proceeds when at least ``min_train_nodes`` updates arrived. A node's
 client id is its node config's ``partition-id`` (the server learns it with one QUERY message per node).
@@ -45,7 +46,9 @@ __all__ = ["client_app", "make_server_app", "discover_clients"]
 @lru_cache(maxsize=4)
 def client_side(run_config: tuple) -> FederatedRun:
     """The client's copy of the run's public parameters (workload, DP parameters), built once per process."""
-    return FederatedRun(FLSettings.from_run_config(dict(run_config)))
+    run = FederatedRun(FLSettings.from_run_config(dict(run_config)))
+    run.remote = True
+    return run
 
 
 def settings_key(config: dict) -> tuple:
@@ -102,8 +105,11 @@ def run_rounds(grid: Grid, run: FederatedRun, progress: bool = False) -> Federat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=s.rounds - run.round, desc=f"{s.workload} rounds", unit="round")
+    first = run.round + 1
     try:
-        for t in range(run.round + 1, s.rounds + 1):
+        for t in range(first, s.rounds + 1):
+            # the first round also waits for each node's worker to build its copy of the run (imports, data)
+            wait = max(s.timeout, 60.0) if t == first else s.timeout
             cohort = [int(c) for c in run.sampler.cohort(t)]
             failures = [f"client {c}: no connected node" for c in cohort if c not in clients]
             msgs = [Message(RecordDict({"arrays": ArrayRecord({"x": Array(run.x)}),
@@ -111,7 +117,7 @@ def run_rounds(grid: Grid, run: FederatedRun, progress: bool = False) -> Federat
                             dst_node_id=clients[c], message_type=MessageType.TRAIN) for c in cohort if c in clients]
             by_node = {clients[c]: c for c in cohort if c in clients}
             uploads, metrics, answered = [], [], set()
-            for reply in grid.send_and_receive(msgs, timeout=s.timeout) if msgs else []:
+            for reply in grid.send_and_receive(msgs, timeout=wait) if msgs else []:
                 node = reply.metadata.src_node_id
                 answered.add(node)
                 if reply.has_error():
@@ -119,7 +125,7 @@ def run_rounds(grid: Grid, run: FederatedRun, progress: bool = False) -> Federat
                     continue
                 uploads.append((by_node[node], reply.content["arrays"]["update"].numpy()))
                 metrics.append(dict(reply.content["metrics"]))
-            failures += [f"client {c}: no reply within {s.timeout} s" for n, c in by_node.items() if n not in answered]
+            failures += [f"client {c}: no reply within {wait} s" for n, c in by_node.items() if n not in answered]
             uploads.sort(key=lambda u: u[0])  # the in-process order: the same float sums
             run.finish_round(t, [u for _, u in uploads], failures, len(cohort), metrics)
             if bar is not None:

@@ -52,6 +52,7 @@ class FederatedRun:
         self.round = 0
         self.history: list[dict[str, Any]] = []
         self.example_steps: dict[int, list[float]] = {}  # example-level DP: cid -> [q, sigma, steps so far]
+        self.remote = False  # True in a Flower client's copy (fault injection stalls for real there)
         self.noise_rng = np.random.default_rng([s.seed, 0xD15E])  # the trusted server's (central DP) noise
         self.sigma = 0.0
         self.ddp: DDPParams | None = None
@@ -112,6 +113,10 @@ class FederatedRun:
         s = self.settings
         if (cid, t) in s.failures():
             raise InjectedClientFailure(f"client {cid} failed in round {t} (injected)")
+        if (cid, t) in s.hangs():
+            if not self.remote:
+                raise TimeoutError(f"client {cid} stalled past timeout={s.timeout} s in round {t} (injected)")
+            time.sleep(s.timeout + 5.0)  # a Flower client: the server's wait runs out first
         delta, metrics = local_update(self.workload, s, self.x, cid, t)
         if s.dp == "central":
             delta, metrics["update_norm"] = clip_update(delta, s.clip)

@@ -91,6 +91,9 @@ class FLSettings:
     the seed can remove the noise). -1 (default): every share is drawn from the OS CSPRNG."""
     fail_clients: str = ""
     """Fault injection for tests: 'pid:round,pid:round' makes that client raise in that round."""
+    hang_clients: str = ""
+    """Fault injection for tests: 'pid:round,...' makes that client stall past `timeout` in that round (under
+    Flower it sleeps timeout + 5 s, so the server stops waiting; in process it raises TimeoutError at once)."""
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -132,7 +135,7 @@ class FLSettings:
         need(self.icl_kappa >= 1, f"icl_kappa must be >= 1, got {self.icl_kappa}")
         need(self.eval_every >= 0 and self.ckpt_every >= 0, "eval_every and ckpt_every must be >= 0")
         need(not self.ckpt_every or bool(self.ckpt_dir), "ckpt_every > 0 needs ckpt_dir")
-        self.failures()  # parse check
+        self.failures(), self.hangs()  # parse checks
 
     # ------------------------------------------------------------------------------------------ derived
     def q(self, population: int) -> float:
@@ -143,14 +146,12 @@ class FLSettings:
         return q
 
     def failures(self) -> set[tuple[int, int]]:
-        out = set()
-        for item in filter(None, (s.strip() for s in self.fail_clients.split(","))):
-            try:
-                pid, rnd = (int(v) for v in item.split(":"))
-            except ValueError:
-                raise ValueError(f"fail_clients must look like 'pid:round,pid:round', got {self.fail_clients!r}") from None
-            out.add((pid, rnd))
-        return out
+        """The (client, round) pairs `fail_clients` names."""
+        return _pairs("fail_clients", self.fail_clients)
+
+    def hangs(self) -> set[tuple[int, int]]:
+        """The (client, round) pairs `hang_clients` names."""
+        return _pairs("hang_clients", self.hang_clients)
 
     def model_key(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in MODEL_FIELDS}
@@ -190,3 +191,14 @@ class FLSettings:
             raise ValueError(f"unknown run-config keys {sorted(unknown)}; known: "
                              f"{sorted(k.replace('_', '-') for k in known)}")
         return cls(**kw)
+
+
+def _pairs(name: str, text: str) -> set[tuple[int, int]]:
+    out = set()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            pid, rnd = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(f"{name} must look like 'pid:round,pid:round', got {text!r}") from None
+        out.add((pid, rnd))
+    return out
