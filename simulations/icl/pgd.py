@@ -19,10 +19,10 @@ Models, each trained on its own, L ∈ `layers` / `loops`:
   x-update is cubic per layer, so the query prediction is a degree-3^L polynomial of the data, and on the 2 of
   10⁵ prompts whose Σ̂ has a top eigenvalue ≈ 3.2 (Σ's is 1) its squared error was 1·10⁴ and 4·10⁴ (checked in
   float64: not rounding), putting the mean at 0.56 vs PGD's 0.17. On the full default's held-out set (the one
-  review saw) it is 500 × PGD in mean (80 vs 0.16) and 0.083 × PGD in median. Training with batches of 2048 and gradient clipping barely sees those prompts (without
-  clipping it diverged: mean 9.9), so the trained GD++ model is not the population optimum of its class and the
-  mean-vs-PGD comparison at this size measures its worst prompts, not the paper's claim. Its peak step is lr/L
-  (at lr/√L an 8-layer one diverged).
+  review saw) it is 500 × PGD in mean (80 vs 0.16) and 0.083 × PGD in median. Training with batches of 2048
+  and gradient clipping barely sees those prompts (without clipping it diverged: mean 9.9), so the trained
+  GD++ model is not the population optimum of its class and the mean-vs-PGD comparison at this size measures
+  its worst prompts, not the paper's claim. Its peak step is lr/L (at lr/√L an 8-layer one diverged).
 - looped: one restricted layer (a single shared A) looped L times, trained at lr_looped for every L.
 Claims per L: trained ≤ 1.02 × PGD. Sanity (no trained model): tuned PGD ≤ tuned plain GD.
 
@@ -43,14 +43,14 @@ looped model with `probe_depth` loops, trained on the mean loss over its loops (
 run for 1..probe_max loops; claim: from loop probe_depth on its error never rises. Probe errors are computed in
 float64, since the looped model converges to the exact w and fp32 would set a floor. An unshared restricted
 model of that depth, run past it (last layer repeated), is an observation (degrades by ≥ 2×): nothing in its
-training asks the last layer to be a contraction, but at n/d = 20 it happens to be one (CPU check, 2000 steps:
-its error kept falling, 0.012 at 8 layers to 0.0019 at 24, so it did not degrade; at n/d = 4 a smoke-size one
+training asks the last layer to be a contraction, but at n/d = 20 it happens to be one (full default: its
+error kept falling, 0.0020 at 8 layers to 0.00017 at 24, so it did not degrade; at n/d = 4 a smoke-size one
 grew by 10⁷ within 4× its depth). Measured at n/d = 20 (2000 steps, batch 256): the looped model's error falls
 from 1.6·10⁻⁵ at loop 8 to 5.5·10⁻⁸ at loop 24, each loop ×0.50 … ×0.77, and its A has cosine 0.9993 with −Σ⁻¹
 (skew fraction 0.004).
 Full default: 1100 s on one CPU core (shared with another job for most of the run). Smoke size (a few hundred
-steps) cannot train the models to PGD's level — the Σ⁻¹-like preconditioner has
-entries ~8, far from the 0.01 init — so the trained-model claims are observations below `_MIN_STEPS` steps.
+steps) cannot train the models to PGD's level — the Σ⁻¹-like preconditioner has entries ~8, far from the 0.01
+init — so the trained-model claims are observations below `_MIN_STEPS` steps.
 """
 
 from __future__ import annotations
