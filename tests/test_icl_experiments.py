@@ -82,7 +82,8 @@ def test_task_diversity_error_rises_with_condition_number(smoke):
     # the looped one; the shift is outside the training range and its distance is reported
     s = result["metrics"]["shift"]
     grow = {k: s["shifted"][k] / s["train"][k] for k in s["train"]}
-    assert grow["multilayer, unrestricted"] > grow["looped"] > 1.0
+    assert grow["multilayer, unrestricted"] > max(grow["looped"], grow["looped, unrestricted"])
+    assert grow["looped"] > 1.0
     assert result["metrics"]["shift_distance"]["frobenius_W2_upper"] == result["config"]["shift_scale"] - 1
 
 
