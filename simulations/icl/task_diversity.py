@@ -40,8 +40,9 @@ Claims (cuts with a margin from the "no effect" value):
   steps include small ones that damp the top of the spectrum; Gatmiry et al.'s robustness is for looped
   models run with many loops (where the step must be a contraction), not 4, and the unrestricted looped
   model, which can precondition the x's, stays robust here.
-Full default: 410–722 s on one CPU core (three runs; the slower ones shared the core with other jobs). Measured there: error rise with κ ≥ 1.53 at every L; layers to ε = 0.1:
-restricted 1.09 (κ=1) and 2.09 (κ=100), unrestricted 1.04 and 1.39.
+Full default: 410–722 s on one CPU core (three runs; the slower ones shared the core with other jobs).
+Measured there: error rise with κ ≥ 1.53 at every L; layers to ε = 0.1: restricted 1.09 (κ=1) and 2.09
+(κ=100), unrestricted 1.04 and 1.39.
 Smoke size (d=4, n=32, L ∈ {1, 2, 4}, a few hundred CPU steps) leaves deep models under-trained, so the
 layers-to-ε and shift comparisons are observations there (strict from `_MIN_STEPS` steps).
 """
