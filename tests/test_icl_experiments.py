@@ -66,12 +66,64 @@ def test_pgd_beats_gd_and_both_models_are_probed_at_every_depth(smoke):
         assert m[f"PGD L={t}"] < m[f"GD L={t}"]
     probe = result["metrics"]["probe"]
     assert len(probe["looped"]) == len(probe["multilayer"]) == result["config"]["probe_max"]
+    for name, ci in result["metrics"]["mse_ci"].items():  # every reported error carries its bootstrap interval
+        assert ci[0] <= m[name] <= ci[1], name
+    kinds = {c["name"]: c["kind"] for c in result["claims"]}
+    assert all(kind == "sanity" for name, kind in kinds.items() if "tuned PGD / tuned GD" in name)
 
 
 def test_task_diversity_error_rises_with_condition_number(smoke):
-    rel = smoke("icl-task-diversity")["metrics"]["relative_error"]
+    result = smoke("icl-task-diversity")
+    rel, ci = result["metrics"]["relative_error"], result["metrics"]["relative_error_ci"]
     for cls in ("restricted", "unrestricted"):
         assert all(hi > lo for lo, hi in zip(rel[cls]["1.0"], rel[cls]["100.0"]))
+        assert all(a <= e <= b for e, (a, b) in zip(rel[cls]["100.0"], ci[cls]["100.0"]))
+    # moving the top eigenvalue outside the training range hurts the (unrestricted) multilayer model more than
+    # the looped one; the shift is outside the training range and its distance is reported
+    s = result["metrics"]["shift"]
+    grow = {k: s["shifted"][k] / s["train"][k] for k in s["train"]}
+    assert grow["multilayer, unrestricted"] > max(grow["looped"], grow["looped, unrestricted"])
+    assert grow["looped"] > 1.0
+    assert result["metrics"]["shift_distance"]["frobenius_W2_upper"] == result["config"]["shift_scale"] - 1
+
+
+def test_shift_top_eigenvalue_moves_only_the_top_eigenvalue_and_keeps_labels_consistent():
+    from models.icl import TaskConfig, TaskSampler
+    from simulations.icl.task_diversity import shift_distances, shift_top_eigenvalue
+
+    task = TaskConfig(d=4, n=4000, cov="random", kappa=10.0)
+    batch = TaskSampler(task).sample(3, generator=torch.Generator().manual_seed(0))
+    out = shift_top_eigenvalue(batch, 3.0)
+    before, after = torch.linalg.eigvalsh(batch.cov.double()), torch.linalg.eigvalsh(out.cov.double())
+    assert torch.allclose(after[:, :-1], before[:, :-1], atol=1e-5)
+    assert torch.allclose(after[:, -1], 3.0 * before[:, -1], atol=1e-5)
+    assert torch.allclose(out.y, (out.x @ batch.w.unsqueeze(-1)).squeeze(-1), atol=1e-4)
+    emp = out.x.transpose(1, 2) @ out.x / out.x.shape[1]  # the shifted x really have covariance Σ'
+    assert torch.linalg.eigvalsh(emp.double())[:, -1].sub(3.0).abs().max() < 0.4
+    assert shift_distances(4, 3.0) == {"spectral_W1": 0.5, "frobenius_W2_upper": 2.0}
+    with pytest.raises(ValueError, match="shift_scale"):
+        from simulations.icl.task_diversity import Config
+
+        Config(shift_scale=0.5)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_prompts():
+    from simulations.icl._bootstrap import bootstrap_ci, ratio_ci
+
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.randn(400, generator=g).pow(2), torch.randn(40_000, generator=g).pow(2)
+    lo, hi = bootstrap_ci(small, resamples=500)
+    assert lo < float(small.mean()) < hi and lo < 1.0 < hi  # E χ²₁ = 1
+    lo2, hi2 = bootstrap_ci(large, resamples=500)
+    assert hi2 - lo2 < 0.3 * (hi - lo)  # width ∝ 1/√N: 10× narrower for 100× the prompts
+    rows = bootstrap_ci(torch.stack([small, 2 * small]), resamples=500)
+    assert abs(rows[1][0] - 2 * rows[0][0]) < 1e-9  # paired resamples: the same draws for every row
+    r_lo, r_hi = ratio_ci(2 * small, small, resamples=200)
+    assert abs(r_lo - 2.0) < 1e-9 and abs(r_hi - 2.0) < 1e-9
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_ci(small, resamples=1)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(small, level=1.5)
 
 
 def test_layers_to_eps_interpolates_in_log_log_and_extrapolates():
