@@ -22,7 +22,7 @@ steps) falls short of it just at k = 2d: 0.056 at k = 10, 0.042 at k = 11, 0.019
 0.006, 0.001) in the first full run with this code. The two claims need a trained model: a smoke run cannot
 show them, so they are observations below `_MIN_STEPS` training steps.
 
-Sizes: full = d 5, 21 points, 3 layers × 64 × 2 heads, 13k steps (~15 min on one free CPU core; 1147 s
+Sizes: full = d 5, 21 points, 3 layers × 64 × 2 heads, 13k steps (891 s on one CPU core; 1147 s
 while the core was shared); smoke = d 3, 2 × 32, 600 steps; `--set scale=paper` = Garg et al.'s 12 × 256 at
 d = 20 for a GPU (see `Config.paper`).
 """
