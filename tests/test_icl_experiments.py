@@ -63,7 +63,8 @@ def test_gpt2_curriculum_follows_garg_stages_then_holds():
     from simulations.icl._common import Curriculum
     from simulations.icl.gpt2 import Config
 
-    c = Config(steps=300, curriculum_frac=0.5).curriculum()  # 15 stages (+1 dim, +2 points) by step 150
+    c = Config(d=20, n_points=41, d_start=5, points_start=11, steps=300, curriculum_frac=0.5).curriculum()
+    # 15 stages (+1 dim, +2 points) by step 150
     assert c.at(0) == (5, 11) and c.at(10) == (6, 13)
     assert c.at(150) == c.at(299) == (20, 41)
     paper = Curriculum.within(int(0.06 * 500_000), 5, 20, 11, 41)  # what Config.paper() builds (it needs CUDA)

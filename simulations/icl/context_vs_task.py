@@ -79,7 +79,7 @@ class Config:
 
     @classmethod
     def smoke(cls) -> Config:
-        return cls(contexts=(4, 32), task_counts=(16, 0), hidden=64, steps=300, batch_size=256,
+        return cls(contexts=(4, 32), task_counts=(16, 0), hidden=256, steps=1000, batch_size=512,
                    eval_prompts=5_000)
 
 
