@@ -14,6 +14,7 @@ _EXPORTS = {
     "LTB": "models.icl.linear",
     "LoopedTransformer": "models.icl.looped",
     "KQVFreeTransformer": "models.icl.kqv_free",
+    "KernelSmoother": "models.icl.kqv_free",
     "MLPICL": "models.icl.mlp",
     "TaskConfig": "models.icl.tasks",
     "TaskSampler": "models.icl.tasks",

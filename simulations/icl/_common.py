@@ -1,15 +1,17 @@
-"""What every ICL experiment shares: training a model on a prompt sampler with the shared `Trainer`, and
-evaluating predictors on one fixed held-out set of prompts (the same prompts for every model, so differences
-between models are not sampling noise).
+"""What every ICL experiment shares: training a model on a prompt sampler with the shared `Trainer` (optionally
+under Garg et al.'s dimension-and-points `Curriculum`), and evaluating predictors on one fixed held-out set of
+prompts (the same prompts for every model, so differences between models are not sampling noise).
 
 Only `models` is used here (no opacus/flwr), so the ICL experiments run on a bare GPU machine too.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +42,77 @@ def query_mse_loss(model: nn.Module, batch: Prompts) -> torch.Tensor:
     return (pred.float() - batch.y[:, -1]).pow(2).mean()
 
 
+@dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s curriculum: train on `d_start` active dims (the rest of x zeroed) and `points_start` rows per
+    prompt, adding `d_inc` dims and `points_inc` points every `every` steps until `d_end` / `points_end`. Shapes
+    stay static (inactive coordinates are zero; extra rows are masked out of the loss, or not drawn for a model
+    that predicts only the query), so the schedule does not recompile a compiled model or break CUDA graphs.
+    Garg et al. (d=20, 41 points): `Curriculum.garg(20, 41)` = dims 5→20 (+1), points 11→41 (+2) every 2000 steps."""
+
+    d_start: int
+    d_end: int
+    points_start: int
+    points_end: int
+    d_inc: int = 1
+    points_inc: int = 2
+    every: int = 2000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.d_start <= self.d_end:
+            raise ValueError(f"d_start must be in [1, d_end={self.d_end}], got {self.d_start}")
+        if not 2 <= self.points_start <= self.points_end:
+            raise ValueError(f"points_start must be in [2, points_end={self.points_end}], got {self.points_start}")
+        if self.d_inc < 1 or self.points_inc < 1 or self.every < 1:
+            raise ValueError(f"d_inc, points_inc, every must be >= 1, got {self.d_inc}, {self.points_inc}, {self.every}")
+
+    @classmethod
+    def garg(cls, d: int, n_points: int, every: int = 2000) -> Curriculum:
+        """Garg et al.'s schedule (dims from 5, points from 11, +1 / +2 every `every` steps), capped at d / n_points."""
+        return cls(min(5, d), d, min(11, n_points), n_points, every=every)
+
+    @classmethod
+    def within(cls, span: int, d_start: int, d_end: int, points_start: int, points_end: int, d_inc: int = 1,
+               points_inc: int = 2) -> Curriculum:
+        """Garg et al.'s stages, with `every` chosen so the last stage starts by step `span` (a compressed run)."""
+        stages = max(math.ceil((d_end - d_start) / d_inc), math.ceil((points_end - points_start) / points_inc), 1)
+        return cls(d_start, d_end, points_start, points_end, d_inc, points_inc, max(span // stages, 1))
+
+    def at(self, step: int) -> tuple[int, int]:
+        """(active dims, points) at optimizer step `step`."""
+        i = max(step, 0) // self.every
+        return min(self.d_start + i * self.d_inc, self.d_end), min(self.points_start + i * self.points_inc,
+                                                                     self.points_end)
+
+
+class Staged(NamedTuple):
+    """A curriculum batch: prompts with `dims` active coordinates, of which the first `points` rows count."""
+
+    prompts: Prompts
+    dims: int
+    points: int
+
+
+def curriculum_loss(model: nn.Module, batch: Staged) -> torch.Tensor:
+    """Squared error / active dims (the normalized error, 1 for the zero predictor when noiseless) over the first
+    `points` rows of a model that predicts every row, or of the query for one that does not. Unnormalized, the
+    loss would grow with the dims curriculum itself (E y² = active dims), hiding whether the model learns."""
+    p = batch.prompts
+    pred = model(p.x, p.y).float()
+    if getattr(model, "predicts_all_positions", False):
+        return (pred[:, : batch.points] - p.y[:, : batch.points]).pow(2).mean() / batch.dims
+    return (pred - p.y[:, -1]).pow(2).mean() / batch.dims
+
+
+def _staged_draw(curriculum: Curriculum, query_only: bool) -> Callable[[TaskSampler, int, torch.Generator, int], Staged]:
+    def draw(sampler: TaskSampler, b: int, gen: torch.Generator, step: int) -> Staged:
+        dims, points = curriculum.at(step)
+        n = points - 1 if query_only else None  # a query-only model reads its last row: draw just `points` rows
+        return Staged(sampler.sample(b, generator=gen, n=n, d_active=dims), dims, points)
+
+    return draw
+
+
 def train(
     model: nn.Module,
     task: TaskConfig,
@@ -56,11 +129,23 @@ def train(
     sample: Callable[[TaskSampler, int, torch.Generator, int], Any] | None = None,
     points: int = 25,
     compile: bool = False,
+    compile_mode: str | None = None,
+    curriculum: Curriculum | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` with AdamW (warmup + cosine) on fresh prompts from `task` every step; returns the loss curve
     ([{"step", "loss"}], about `points` records). amp=False keeps linear models in fp32: their claims compare
     errors to closed forms within a few percent, below bf16's resolution. `sample(sampler, batch_size, generator,
-    step)` replaces plain sampling (e.g. for a curriculum)."""
+    step)` replaces plain sampling. `curriculum` draws `Staged` batches on its schedule (its end must be the
+    task's d and n + 1 rows) and, unless `loss_fn` is given, trains on `curriculum_loss`. compile_mode goes to
+    torch.compile (implies compile; "reduce-overhead" = CUDA graphs, for small models on a GPU)."""
+    if curriculum is not None:
+        if sample is not None:
+            raise ValueError("give sample or curriculum, not both")
+        if (curriculum.d_end, curriculum.points_end) != (task.d, task.n + 1):
+            raise ValueError(f"curriculum must end at the task's d={task.d} and n + 1={task.n + 1} points, got "
+                             f"d_end={curriculum.d_end}, points_end={curriculum.points_end}")
+        sample = _staged_draw(curriculum, not getattr(model, "predicts_all_positions", False))
+        loss_fn = curriculum_loss if loss_fn is query_mse_loss else loss_fn
     sampler = TaskSampler(task, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     draw = sample or (lambda s, b, g, step: s.sample(b, generator=g))
@@ -75,7 +160,8 @@ def train(
         amp=amp,
         log_every=max(steps // points, 1),
         progress=steps >= 1000,  # a bar for full-size training; smoke runs stay quiet
-        compile=compile,
+        compile=compile or compile_mode is not None,
+        compile_mode=compile_mode,
     )
     trainer = Trainer(model, lambda step: draw(sampler, batch_size, gen, step), loss_fn, cfg)
     trainer.fit()
