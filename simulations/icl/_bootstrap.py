@@ -1,7 +1,7 @@
 """Per-prompt errors on a held-out set and percentile-bootstrap confidence intervals of their means.
 
-`per_prompt_errors` draws the same held-out prompts as `simulations.icl._common.evaluate` for the same seed and
-chunk (so the means agree with it), but keeps every prompt's squared error. `bootstrap_ci` resamples prompts with
+`per_prompt_errors` draws the held-out prompts and keeps every prompt's squared error
+(`simulations.icl._common.evaluate` is their mean). `bootstrap_ci` resamples prompts with
 replacement (the same resamples for every series, so intervals of different models come from paired draws) and
 returns the percentile interval of the mean; `ratio_ci` does the same for a ratio of two means (e.g. MSE / E y²).
 """
@@ -14,7 +14,7 @@ import torch
 
 from models.icl.tasks import Prompts, TaskConfig, TaskSampler
 
-Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B,N,d], y [B,N]) -> query predictions [B]
 
 
 @torch.no_grad()

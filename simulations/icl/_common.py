@@ -18,8 +18,7 @@ from torch import nn
 
 from models.icl.tasks import Prompts, TaskConfig, TaskSampler
 from models.train import TrainConfig, Trainer
-
-Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B,N,d], y [B,N]) -> query predictions [B]
+from simulations.icl._bootstrap import Predictor, per_prompt_errors
 
 
 def check_device(device: str) -> None:
@@ -183,21 +182,9 @@ def evaluate(
     generator seeded by `seed`, so every call with that seed sees the same prompts). `transform` maps a batch
     of prompts to a shifted one (distribution-shift tests). A predictor may return [T, B] (e.g. one row per
     depth); its entry is then a list of T errors. Returns {name: mse}, plus "zero": E y_q²."""
-    sampler = TaskSampler(task, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    sums: dict[str, Any] = {name: 0.0 for name in predictors} | {"zero": 0.0}
-    done = 0
-    while done < prompts:
-        b = min(chunk, prompts - done)
-        batch = sampler.sample(b, generator=gen)
-        if transform is not None:
-            batch = transform(batch)
-        yq = batch.y[:, -1]
-        for name, fn in predictors.items():
-            sums[name] = sums[name] + (fn(batch.x, batch.y).float() - yq).pow(2).sum(-1).double().cpu()
-        sums["zero"] += float(yq.pow(2).sum())
-        done += b
-    return {name: (s / prompts).tolist() if torch.is_tensor(s) else s / prompts for name, s in sums.items()}
+    errors = per_prompt_errors(predictors, task, prompts=prompts, device=device, seed=seed, chunk=chunk,
+                               transform=transform)
+    return {name: e.mean(-1).tolist() if e.ndim > 1 else float(e.mean()) for name, e in errors.items()}
 
 
 def model_predictor(model: nn.Module, **kwargs: Any) -> Predictor:
