@@ -83,3 +83,35 @@ def stop_process_groups(procs: list) -> None:
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def flwr_run_local(project: Path, home: Path, out: Path, *, federation: str, run_config: str,
+                   ports: tuple[int, int]) -> dict:
+    """`flwr run PROJECT` on the local simulation federation with a private FLWR_HOME and ports; waits for
+    OUT/result.json (the ServerApp writes it), always stops the local SuperLink, and returns the parsed result.
+    Skips when the flwr CLI is not installed beside this Python."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    bindir = Path(sys.executable).parent
+    if shutil.which("flwr", path=str(bindir)) is None or not (bindir / "flower-superlink").exists():
+        pytest.skip("the flwr CLI and flower-superlink are not installed beside this Python")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               RAY_USAGE_STATS_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(ports[0]), FLWR_LOCAL_CONTROL_API_PORT=str(ports[1]),
+               PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(root))
+    try:
+        run = subprocess.run([str(bindir / "flwr"), "run", str(project), "--stream", "--federation-config",
+                              federation, "--run-config", run_config],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=540)
+        deadline = time.monotonic() + 60
+        while not (out / "result.json").is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        stop_local_superlink(str(home))
+    assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())

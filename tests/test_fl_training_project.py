@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import stop_local_superlink, stop_process_groups
+from conftest import flwr_run_local, stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = ("fl-training", "fl-training-secagg")
@@ -89,24 +89,14 @@ def _need_cli() -> Path:
 @pytest.mark.xdist_group("ray")
 @pytest.mark.parametrize("name", PROJECTS)
 def test_flwr_run_on_the_local_simulation_federation(tmp_path, name):
-    bindir = _need_cli()
     cfg = _config(name)
-    home, out = tmp_path / "flwr-home", tmp_path / "out"
-    env = _env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="39391", FLWR_LOCAL_CONTROL_API_PORT="39393")
+    out = tmp_path / "out"
     extra = {"rounds": 2, "simulate-noise-seed": 3}  # seeded shares (simulation only) so in-process can repeat them
-    try:
-        run = subprocess.run(
-            [str(bindir / "flwr"), "run", str(ROOT / "flower-apps" / name), "--stream", "--federation-config",
-             f"num-supernodes={cfg['population']} client-resources-num-cpus=1", "--run-config",
-             " ".join(f"{k}={json.dumps(v)}" for k, v in {**extra, "out-dir": str(out)}.items())],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
-        deadline = time.monotonic() + 60
-        while not (out / "result.json").is_file() and time.monotonic() < deadline:
-            time.sleep(1)
-    finally:
-        stop_local_superlink(str(home))
-    assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    result = flwr_run_local(
+        ROOT / "flower-apps" / name, tmp_path / "flwr-home", out,
+        federation=f"num-supernodes={cfg['population']} client-resources-num-cpus=1",
+        run_config=" ".join(f"{k}={json.dumps(v)}" for k, v in {**extra, "out-dir": str(out)}.items()),
+        ports=(39391, 39393))
     assert result["nodes_found"] == cfg["population"]
     assert [h["val_loss"] for h in result["history"]] == pytest.approx(_inprocess_losses(extra, name), abs=1e-6)
     assert result["privacy"]["epsilon"] == pytest.approx(cfg["target-epsilon"], abs=1e-2)

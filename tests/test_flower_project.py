@@ -6,18 +6,12 @@ accepted by the deployed ServerApp, and (slow) `flwr run .` runs it on the simul
 from __future__ import annotations
 
 import io
-import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import stop_local_superlink
+from conftest import flwr_run_local
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
@@ -47,26 +41,10 @@ def test_the_default_run_config_is_accepted_by_the_server_app():
 @pytest.mark.timeout(600)
 @pytest.mark.xdist_group("ray")
 def test_flwr_run_from_the_repository_root(tmp_path):
-    bindir = Path(sys.executable).parent
-    if shutil.which("flwr", path=str(bindir)) is None or not (bindir / "flower-superlink").exists():
-        pytest.skip("the flwr CLI and flower-superlink are not installed beside this Python")
-    home, out = tmp_path / "flwr-home", tmp_path / "out"
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               RAY_USAGE_STATS_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="39291", FLWR_LOCAL_CONTROL_API_PORT="39293",
-               PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
-    try:
-        run = subprocess.run(
-            [str(bindir / "flwr"), "run", ".", "--stream", "--federation-config",
-             "num-supernodes=10 client-resources-num-cpus=1", "--run-config", f'rounds=2 out-dir="{out}"'],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
-        deadline = time.monotonic() + 60
-        while not (out / "result.json").is_file() and time.monotonic() < deadline:
-            time.sleep(1)
-    finally:
-        stop_local_superlink(str(home))
-    assert (out / "result.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    out = tmp_path / "out"
+    result = flwr_run_local(ROOT, tmp_path / "flwr-home", out,
+                            federation="num-supernodes=10 client-resources-num-cpus=1",
+                            run_config=f'rounds=2 out-dir="{out}"', ports=(39291, 39293))
     rounds = result["metrics"]["rounds"]
     assert len(rounds) == 2 and all(r["released"] for r in rounds), rounds
     assert result["metrics"]["privacy"]["private_against_server"] is True
