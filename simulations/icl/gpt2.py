@@ -36,7 +36,10 @@ import torch
 
 from models.icl import GPT2ICL, TaskConfig, TaskSampler
 from models.icl import baselines as bl
+from simulations.icl import ood
+from simulations.icl._bootstrap import bootstrap_ci
 from simulations.icl._common import Curriculum, check_device, curve_png, seed_all, train
+from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -62,6 +65,10 @@ class Config:
     points_start: int = 6
     curriculum_frac: float = 0.25
     eval_prompts: int = 4096
+    resamples: int = 1000
+    ood_scales: tuple[float, ...] = (0.5, 2.0, 3.0)
+    ood_skew_power: float = 2.0
+    ood_noise_var: float = 1.0
     compile: bool = False
     compile_mode: str | None = None
     seed: int = 0
@@ -85,6 +92,13 @@ class Config:
                              f"{self.batch_size}, {self.eval_prompts}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.resamples < 2:
+            raise ValueError(f"resamples must be >= 2, got {self.resamples}")
+        if not all(s > 0 for s in self.ood_scales):
+            raise ValueError(f"ood_scales must be > 0, got {self.ood_scales}")
+        if not self.ood_skew_power >= 0 or not self.ood_noise_var >= 0:
+            raise ValueError(f"ood_skew_power and ood_noise_var must be >= 0, got {self.ood_skew_power}, "
+                             f"{self.ood_noise_var}")
         if self.compile_mode not in (None, "default", "reduce-overhead", "max-autotune",
                                      "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode must be None or a torch.compile mode, got {self.compile_mode!r}")
@@ -116,55 +130,104 @@ class Config:
                    d_start=2, points_start=5, eval_prompts=512)
 
 
+def _shifts(c: Config) -> dict[str, tuple[ood.Transform | None, float, float]]:
+    """Test-time shifts of the noiseless prompts: name -> (transform, ridge λ, normalizer E y_q² w/o noise)."""
+    out: dict[str, tuple[ood.Transform | None, float, float]] = {
+        f"x scaled x{s:g}": (ood.scale_x(s), c.noise_var, s**2 * c.d) for s in c.ood_scales}
+    out[f"skewed covariance (i^-{c.ood_skew_power:g})"] = (ood.skew_cov(c.ood_skew_power, seed=c.seed), c.noise_var,
+                                                         float(c.d))
+    out[f"label noise σ²={c.ood_noise_var:g}"] = (ood.label_noise(c.ood_noise_var, seed=c.seed), c.ood_noise_var,
+                                                  float(c.d))
+    return out
+
+
 @torch.no_grad()
-def _curves(model: torch.nn.Module, c: Config, noise_var: float) -> dict[str, list[float]]:
-    """Per-position normalized error of the model, least squares and ridge(λ=σ²) on fixed test prompts."""
+def _errors(model: torch.nn.Module, c: Config, noise_var: float, lam: float,
+            transform: ood.Transform | None = None) -> dict[str, torch.Tensor]:
+    """Squared errors [positions, prompts] of the model, least squares and ridge(λ) on the fixed test prompts
+    (the same x and w for every call: one generator seed)."""
     model.eval()
     task = TaskConfig(d=c.d, n=c.n_points - 1, noise_var=noise_var)
     sampler = TaskSampler(task, device=c.device)
     gen = torch.Generator(device=c.device).manual_seed(c.seed + 1000)
-    sums = {k: torch.zeros(c.n_points, dtype=torch.float64) for k in ("model", "least squares", "ridge")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("model", "least squares", "ridge")}
     done = 0
     while done < c.eval_prompts:
         b = min(512, c.eval_prompts - done)
         p = sampler.sample(b, generator=gen)
+        if transform is not None:
+            p = transform(p)
         preds = {"model": model(p.x, p.y).float(),
                  "least squares": bl.per_position(bl.least_squares, p.x, p.y),
-                 "ridge": bl.per_position(bl.ridge, p.x, p.y, lam=max(noise_var, c.noise_var))}
+                 "ridge": bl.per_position(bl.ridge, p.x, p.y, lam=lam)}
         for k, v in preds.items():
-            sums[k] += (v - p.y).pow(2).sum(0).double().cpu()
+            parts[k].append((v - p.y).pow(2).double().cpu())
         done += b
-    return {k: (v / c.eval_prompts / c.d).tolist() for k, v in sums.items()}
+    return {k: torch.cat(v).T for k, v in parts.items()}
+
+
+def _summary(errors: dict[str, torch.Tensor], norm: float, resamples: int) -> tuple[dict, dict]:
+    """Per-position mean error / norm and its 95% bootstrap interval over prompts (paired resamples)."""
+    means = {k: (v.mean(-1) / norm).tolist() for k, v in errors.items()}
+    cis = {k: bootstrap_ci(v / norm, resamples=resamples) for k, v in errors.items()}
+    return means, cis
 
 
 def run(config: Config, out_dir: Path) -> dict:
     seed_all(config.seed)
     c = config
-    model = GPT2ICL(c.d, c.n_points, c.n_layer, c.n_embd, c.n_head, seed=c.seed)
+    kwargs = {"d": c.d, "n_points": c.n_points, "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head,
+              "seed": c.seed}
+    model = GPT2ICL(**kwargs)
 
     task = TaskConfig(d=c.d, n=c.n_points - 1, noise_var=c.noise_var)
     curve = train(model, task, steps=c.steps, batch_size=c.batch_size, lr=c.lr, device=c.device, seed=c.seed,
                   curriculum=c.curriculum(), amp=True, compile=c.compile, compile_mode=c.compile_mode,
                   warmup_frac=0.02)
-    noiseless, noisy = _curves(model, c, 0.0), _curves(model, c, c.noise_var)
-    metrics = {"noiseless": noiseless, "noisy": noisy, "curve": curve,
+    save_models(out_dir, {"model": (model, kwargs)})
+    noiseless, noiseless_ci = _summary(_errors(model, c, 0.0, c.noise_var), c.d, c.resamples)
+    noisy, noisy_ci = _summary(_errors(model, c, c.noise_var, c.noise_var), c.d, c.resamples)
+    shifted, shifted_ci = {}, {}
+    for name, (transform, lam, norm) in _shifts(c).items():
+        shifted[name], shifted_ci[name] = _summary(_errors(model, c, 0.0, lam, transform), norm, c.resamples)
+    metrics = {"noiseless": noiseless, "noiseless_ci": noiseless_ci, "noisy": noisy, "noisy_ci": noisy_ci,
+               "ood": shifted, "ood_ci": shifted_ci, "curve": curve,
                "params": sum(p.numel() for p in model.parameters())}
+    _plot(c, metrics, out_dir)
+    return finalize(out_dir, NAME, config, metrics, claims, seed=c.seed, device=c.device)
 
-    fig, axes = new_figure(1, 3, size=(14.0, 3.8))
+
+def _band(ax, ks: list[int], mean: list[float], ci: list[list[float]], style: str, label: str, **kw) -> None:
+    line, = ax.plot(ks, mean, style, ms=3, label=label, **kw)
+    ax.fill_between(ks, [a for a, _ in ci], [b for _, b in ci], color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _plot(c: Config, m: dict, out_dir: Path) -> None:
+    fig, axes = new_figure(1, 4, size=(18.0, 3.8))
     ks = list(range(c.n_points))
-    for ax, (title, cur) in zip(axes[0, :2], (("noiseless prompts", noiseless), (f"noisy prompts, σ²={c.noise_var:g}", noisy))):
+    for ax, key, title in zip(axes[0, :2], ("noiseless", "noisy"),
+                              ("noiseless prompts", f"noisy prompts, σ²={c.noise_var:g} (as trained)")):
         for k, style in (("model", "o-"), ("least squares", "k--"), ("ridge", "g:")):
-            ax.plot(ks, cur[k], style, ms=3, label=k)
+            _band(ax, ks, m[key][k], m[f"{key}_ci"][k], style, k)
         ax.axvline(c.d, color="gray", lw=0.8)
         ax.set_ylim(0, 1.5)
         ax.set_xlabel("in-context examples k")
-        ax.set_ylabel("squared error / d")
+        ax.set_ylabel("squared error / d (95% CI band)")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    curve_png(axes[0, 2], {"GPT2ICL": curve}, f"training ({c.n_layer}x{c.n_embd}, d={c.d})",
+    ax = axes[0, 2]
+    for i, (name, cur) in enumerate(m["ood"].items()):
+        _band(ax, ks, cur["model"], m["ood_ci"][name]["model"], "o-", f"model, {name}", color=f"C{i}")
+        ax.plot(ks, cur["least squares" if "noise" not in name else "ridge"], "--", color=f"C{i}", lw=0.8)
+    ax.axvline(c.d, color="gray", lw=0.8)
+    ax.set_ylim(0, 1.5)
+    ax.set_xlabel("in-context examples k")
+    ax.set_ylabel("squared error / E y² (dashed: LS, ridge for noise)")
+    ax.set_title("out-of-distribution prompts (test time only)")
+    ax.legend(fontsize=6)
+    curve_png(axes[0, 3], {"GPT2ICL": m["curve"]}, f"training ({c.n_layer}x{c.n_embd}, d={c.d})",
               ylabel="train error / active dims")
     save_figure(fig, out_dir, "gpt2.png")
-    return finalize(out_dir, NAME, config, metrics, claims, seed=c.seed, device=c.device)
 
 
 def claims(result: dict) -> list[Claim]:
@@ -186,7 +249,24 @@ def claims(result: dict) -> list[Claim]:
         Claim(f"noiseless: mean |model - least squares| for k < {d}", track, 0.1, track <= 0.1, strict=trained),
         Claim(f"noisy: model / ridge at k = {kd}", near, 1.5, near <= 1.5, strict=trained),
         Claim(f"noisy: least squares / ridge at k = {kd} (the spike)", spike, 5.0, spike >= 5.0, sanity=True),
+        *_ood_claims(m["ood"], k0),
     ]
+
+
+def _ood_excess(cur: dict[str, list[float]], ref: str, k0: int) -> float:
+    """Mean (model − reference) error over k >= k0 (both already normalized)."""
+    return sum(a - b for a, b in zip(cur["model"][k0:], cur[ref][k0:])) / len(cur["model"][k0:])
+
+
+def _ood_claims(shifted: dict[str, dict[str, list[float]]], k0: int) -> list[Claim]:
+    """Out-of-distribution prompts: excess error over the reference (least squares; ridge under label noise)."""
+    out = []
+    for name, cur in shifted.items():
+        ref = "ridge" if "noise" in name else "least squares"
+        ex = _ood_excess(cur, ref, k0)
+        out.append(Claim(f"ood {name}: mean (model - {ref}) error / E y² for k >= {k0}", ex, 0.1, ex <= 0.1,
+                         strict=False))
+    return out
 
 
 register(NAME, Config, run, claims, __doc__)
