@@ -47,7 +47,7 @@ def test_kernel_feature_map_scales_with_context_and_the_prompt_mlp_does_not(smok
     assert e["both"]["0"][n1] < 0.7 * e["both"]["0"][n0]
 
 
-def test_gpt2_smoke_runs_the_curriculum_and_least_squares_spikes_at_n_equal_d(smoke):
+def test_gpt2_smoke_runs_the_curriculum_and_least_squares_spikes_at_n_equal_d(smoke, tmp_path):
     result = smoke("icl-gpt2")
     d = result["config"]["d"]
     noisy = result["metrics"]["noisy"]
@@ -57,6 +57,21 @@ def test_gpt2_smoke_runs_the_curriculum_and_least_squares_spikes_at_n_equal_d(sm
     # it followed the curriculum's own E y² = active dims (2 -> 3 here; 5 -> 10 in the old smoke)
     curve = [p["loss"] for p in result["metrics"]["curve"]]
     assert 0.5 < curve[0] < 2.0 and max(curve) < 2.0
+    # every per-position error has a bootstrap interval around it, and every test-time shift was evaluated
+    m = result["metrics"]
+    for key in ("noiseless", "noisy"):
+        assert all(lo <= e <= hi and hi > lo for e, (lo, hi) in zip(m[key]["model"], m[f"{key}_ci"]["model"]))
+    assert len(m["ood"]) == len(result["config"]["ood_scales"]) + 2
+    scaled = [v["model"] for k, v in m["ood"].items() if "scaled" in k]
+    assert all(len(c) == len(noisy["model"]) for c in scaled) and scaled[0] != scaled[1]
+    # the saved model reloads and reproduces the recorded noiseless error on the same prompts
+    from simulations.icl import gpt2 as exp
+    from simulations.icl.weights import load_models
+
+    model = load_models(tmp_path / "icl-gpt2")["model"]
+    cfg = exp.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["config"].items()})
+    again = exp._errors(model, cfg, 0.0, cfg.noise_var)["model"].mean(-1) / cfg.d
+    assert again.tolist() == pytest.approx(m["noiseless"]["model"], rel=1e-6)
 
 
 def test_gpt2_curriculum_follows_garg_stages_then_holds():

@@ -2,10 +2,11 @@
 
 Tokens are the rows z_i = (x_i, y_i) of Z ∈ R^{B×N×(d+1)}, the query row last with label 0. One layer is
 
-    Z ← Z + Σ_h (1/n) · P_h Z M (Zᵀ Q_h Z)          (columns-as-tokens, Ahn et al. 2023 / von Oswald et al.)
+    Z ← Z + Σ_h (1/n) · P_h Z M (Zᵀ Q_hᵀ Z)         (columns-as-tokens, Z = zᵀ; Ahn et al. 2023 write Q_h for
+                                                      our Q_hᵀ: the same class of layers, Q ↔ Qᵀ)
 
 where M = diag(1, …, 1, 0) removes the query as key/value, so nothing reads the query's (hidden) label. In rows,
-with C = (1/n) Σ_{i≤n} z_i z_iᵀ, the update is Z ← Z + Z Q_h C P_hᵀ: O(N d²) and no N×N matrix. The prediction is
+with C = (1/n) Σ_{i≤n} z_i z_iᵀ, the update is z ← z + z Q_h C P_hᵀ: O(N d²) and no N×N matrix. The prediction is
 ŷ_q = −Z_L[q, d] (Ahn et al.'s sign), so that with the *restricted* parameters P = [[0,0],[0,1]],
 Q = [[A,0],[0,0]] layer ℓ is exactly one step of preconditioned GD, w ← w + Γ (1/n) Σ (y_i − x_iᵀw) x_i with
 Γ = −A_ℓ, the label row carrying the residuals (notes/icl.md §1.1).
