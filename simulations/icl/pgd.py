@@ -63,6 +63,7 @@ import torch
 from models.icl import LinearAttention, LoopedTransformer, TaskConfig, TaskSampler
 from simulations.icl._bootstrap import per_prompt_errors, summarize
 from simulations.icl._common import check_device, gd_predictor, model_predictor, seed_all, train, tuned_gd
+from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -167,23 +168,31 @@ def run(config: Config, out_dir: Path) -> dict:
     cov = TaskSampler(task, device=c.device).sample(1).cov[0].cpu()
     sigma_inv = torch.linalg.inv(cov).to(c.device)
     kw = dict(steps=c.steps, batch_size=c.batch_size, device=c.device, seed=c.seed)
-    preds, probes, curves, align = {}, {}, {}, {}
+    preds, probes, curves, align, saved = {}, {}, {}, {}, {}
     for depth in c.layers:
         for kind, param, lr in (("multilayer", "restricted", c.lr / depth**0.5), ("GD++", "sparse", c.lr / depth)):
-            model = LinearAttention(c.d, depth, param=param, seed=c.seed)
+            args = dict(d=c.d, n_layers=depth, param=param, seed=c.seed)
+            model = LinearAttention(**args)
             curves[f"{kind}, layers={depth}"] = train(model, task, lr=lr, **kw)
             preds[f"{kind} L={depth}"] = model_predictor(model)
+            saved[f"{kind} L={depth}"] = (model, args)
     for depth in c.loops:
-        model = LoopedTransformer(c.d, depth, kind="linear", param="restricted", seed=c.seed)
+        args = dict(d=c.d, n_loops=depth, kind="linear", param="restricted", seed=c.seed)
+        model = LoopedTransformer(**args)
         curves[f"loops={depth}"] = train(model, task, lr=c.lr_looped, **kw)
         preds[f"looped L={depth}"] = model_predictor(model)
+        saved[f"looped L={depth}"] = (model, args)
         align[f"looped L={depth}"] = _alignment(model.block.A[0, 0].detach().cpu(), cov)
     pkw = kw | dict(batch_size=c.probe_batch)
-    model = LinearAttention(c.d, c.probe_depth, param="restricted", seed=c.seed)
+    args = dict(d=c.d, n_layers=c.probe_depth, param="restricted", seed=c.seed)
+    model = LinearAttention(**args)
+    saved["probe: unshared"] = (model, args)
     curves[f"probe: unshared, layers={c.probe_depth}"] = train(model, probe_task, lr=c.lr / c.probe_depth**0.5,
                                                                **pkw)
     probes["multilayer"] = _all_depths(model, c.probe_max, shared=False)
-    model = LoopedTransformer(c.d, c.probe_depth, kind="linear", param="restricted", seed=c.seed)
+    args = dict(d=c.d, n_loops=c.probe_depth, kind="linear", param="restricted", seed=c.seed)
+    model = LoopedTransformer(**args)
+    saved["probe: looped"] = (model, args)
     curves[f"probe: looped, window loss, loops={c.probe_depth}"] = train(model, probe_task, lr=c.lr_looped,
                                                                          loss_fn=_window_loss, **pkw)
     align[f"probe looped L={c.probe_depth}, n={c.n_probe}"] = _alignment(model.block.A[0, 0].detach().cpu(), cov)
@@ -192,6 +201,7 @@ def run(config: Config, out_dir: Path) -> dict:
         for name, pre in (("GD", None), ("PGD", sigma_inv)):
             lr = tuned_gd(task, depth, device=c.device, seed=c.seed + 500, precond=pre)
             preds[f"{name} L={depth}"] = gd_predictor(depth, lr, pre)
+    save_models(out_dir, saved)
     ev = dict(prompts=c.eval_prompts, device=c.device, seed=c.seed + 1000)
     err = per_prompt_errors(preds, task, **ev)
     perr = per_prompt_errors(probes, probe_task, **ev)

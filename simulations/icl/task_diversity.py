@@ -59,6 +59,7 @@ from models.icl import LinearAttention, LoopedTransformer, TaskConfig
 from models.icl.tasks import Prompts
 from simulations.icl._bootstrap import per_prompt_errors, ratio_ci
 from simulations.icl._common import check_device, model_predictor, seed_all, train
+from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -168,13 +169,15 @@ def run(config: Config, out_dir: Path) -> dict:
     boot = dict(resamples=c.resamples, seed=c.seed + 3000)
     rel: dict[str, dict[str, list[float]]] = {cls: {} for cls in CLASSES}
     rel_ci: dict[str, dict[str, list]] = {cls: {} for cls in CLASSES}
-    shift_models = {}
+    shift_models, saved = {}, {}
     for kappa in c.kappas:
         task = TaskConfig(d=c.d, n=c.n, cov="random", kappa=kappa)
         preds = {}
         for cls, param in CLASSES.items():
             for depth in c.depths:
-                model = LinearAttention(c.d, depth, param=param, seed=c.seed)
+                args = dict(d=c.d, n_layers=depth, param=param, seed=c.seed)
+                model = LinearAttention(**args)
+                saved[f"kappa={kappa:g}, {cls}, L={depth}"] = (model, args)
                 train(model, task, lr=c.lr / (depth**0.5 if param == "restricted" else depth), **kw)
                 preds[f"{cls}|{depth}"] = model_predictor(model)
                 if kappa == c.kappa_shift and depth == c.depth_shift:
@@ -183,7 +186,9 @@ def run(config: Config, out_dir: Path) -> dict:
         if kappa == c.kappa_shift:
             for name, param, lr in (("looped", "restricted", c.lr / c.depth_shift**0.5),
                                     ("looped, unrestricted", "full", c.lr / c.depth_shift)):
-                looped = LoopedTransformer(c.d, c.depth_shift, kind="linear", param=param, seed=c.seed)
+                args = dict(d=c.d, n_loops=c.depth_shift, kind="linear", param=param, seed=c.seed)
+                looped = LoopedTransformer(**args)
+                saved[f"kappa={c.kappa_shift:g}, {name}, loops={c.depth_shift}"] = (looped, args)
                 train(looped, task, lr=lr, **kw)
                 shift_models[name] = model_predictor(looped)
         err = per_prompt_errors(preds, task, seed=c.seed + 1000, **ev)
@@ -198,6 +203,7 @@ def run(config: Config, out_dir: Path) -> dict:
         err = per_prompt_errors(shift_models, task, seed=c.seed + 2000, transform=transform, **ev)
         shift[name] = {k: float(v.mean() / err["zero"].mean()) for k, v in err.items() if k != "zero"}
         shift_ci[name] = {k: ratio_ci(v, err["zero"], **boot) for k, v in err.items() if k != "zero"}
+    save_models(out_dir, saved)
     to_eps = {cls: {k: layers_to(v, list(c.depths), c.eps) for k, v in rel[cls].items()} for cls in CLASSES}
     metrics = {"relative_error": rel, "relative_error_ci": rel_ci, "layers_to_eps": to_eps, "shift": shift,
                "shift_ci": shift_ci, "shift_distance": shift_distances(c.d, c.shift_scale)}
