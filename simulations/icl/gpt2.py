@@ -34,7 +34,7 @@ scale, so not a claim; x2 and x3 fail it, as the scaling claim says). All per-po
 intervals over the test prompts (`*_ci`, bands in the plot); the trained model is saved as `weights.pt`
 (`simulations.icl.weights.load_models`).
 
-Sizes: full = d 5, 21 points, 3 layers × 64 × 2 heads, 13k steps (891 s on one CPU core; 816 s
+Sizes: full = d 5, 21 points, 3 layers × 64 × 2 heads, 13k steps (891 s on one CPU core; 774-816 s
 with the out-of-distribution evaluation, the other core busy); smoke = d 3, 2 × 32, 600 steps; `--set scale=paper` = Garg et al.'s 12 × 256 at
 d = 20 for a GPU (see `Config.paper`).
 """
