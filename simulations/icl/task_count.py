@@ -81,15 +81,17 @@ def spectrum(d: int, decay: float) -> tuple[float, ...]:
     return tuple((ev / ev.sum()).tolist())
 
 
+def task_config(c: Config, k: int) -> TaskConfig:
+    """Prompts from a pool of k tasks (k = 0: a fresh task per prompt, the test distribution)."""
+    return TaskConfig(d=c.d, n=c.n, noise_var=c.noise_var, cov="fixed", eigvals=spectrum(c.d, c.decay),
+                      num_tasks=k or None, pool_seed=c.seed + 7)
+
+
 def run(config: Config, out_dir: Path) -> dict:
     seed_all(config.seed)
     c = config
     ev = spectrum(c.d, c.decay)
-
-    def task(k: int) -> TaskConfig:
-        return TaskConfig(d=c.d, n=c.n, noise_var=c.noise_var, cov="fixed", eigvals=ev,
-                          num_tasks=k or None, pool_seed=c.seed + 7)
-
+    task = lambda k: task_config(c, k)  # noqa: E731
     preds, curves, models = {}, {}, {}
     kwargs = {"d": c.d, "n_layers": 1, "param": "restricted", "seed": c.seed}
     for k in c.task_counts:
