@@ -28,8 +28,8 @@ ratio ≥ 0.9, so each pair of cuts has a margin between them):
 Trained-model claims are strict from `_MIN_STEPS` training steps (the full default); a smoke run reports them as
 observations. Errors are means over the held-out prompts, with percentile-bootstrap 95% intervals (`resamples`
 paired resamples of the prompts) in `metrics.error_ci` / `zero_ci` and as error bars in the plot; every trained
-model is saved in weights.pt (named "MLP,K=16,n=4", …, "both,K=inf,n=64"). Full default: 424 s on one CPU core
-(taskset -c 1, one thread).
+model is saved in weights.pt (named "MLP,K=16,n=4", …, "both,K=inf,n=64"). Full default: 333 s on one CPU core
+(heavy.sh: taskset, one thread; 1000 resamples).
 """
 
 from __future__ import annotations

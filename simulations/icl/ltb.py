@@ -18,7 +18,8 @@ one-step estimator is near Bayes only when n ≫ d. So LTB-vs-posterior-mean is 
 
 Errors are means over the held-out prompts, with percentile-bootstrap 95% intervals (`resamples` paired
 resamples of the prompts) as `<predictor>_ci` beside each error of a row and as error bars in the plot; the
-trained models are saved in weights.pt ("LSA, beta*=0", "LTB, beta*=3", …). Full default: 149 s on one CPU core.
+trained models are saved in weights.pt ("LSA, beta*=0", "LTB, beta*=3", …). Full default: 144 s on one CPU core
+(heavy.sh, one thread; 1000 resamples).
 """
 
 from __future__ import annotations
