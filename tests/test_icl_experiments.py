@@ -21,19 +21,42 @@ def test_one_layer_linear_attention_reaches_the_optimal_one_step_gd_error(smoke)
     rows = {(r["d"], r["n"]): r for r in result["metrics"]["settings"]}
     assert abs(rows[(5, 20)]["optimum"] - 0.231) < 1e-3 and abs(rows[(20, 40)]["optimum"] - 0.344) < 1e-3
     assert abs(rows[(5, 20)]["trained"] - 0.231) <= 0.01
+    assert all(r[f"{k}_ci"][0] < r[k] < r[f"{k}_ci"][1] for r in rows.values() for k in ("trained", "zero"))
 
 
 def test_ltb_matches_gd_beta_while_linear_attention_keeps_a_gap_at_nonzero_task_mean(smoke):
     rows = {r["beta_star"]: r for r in smoke("icl-ltb")["metrics"]["rows"]}
     assert rows[0.0]["LTB"] <= 1.05 * rows[0.0]["GD-beta"] and rows[0.0]["LSA"] <= 1.05 * rows[0.0]["GD-beta"]
     assert rows[3.0]["LTB"] <= 1.05 * rows[3.0]["GD-beta"] < rows[3.0]["LSA"] / 1.2
+    for r in rows.values():  # every error carries its bootstrap interval
+        assert all(r[f"{k}_ci"][0] < r[k] < r[f"{k}_ci"][1] for k in ("LSA", "LTB", "GD-beta", "posterior mean"))
 
 
-def test_task_count_plateaus_near_the_infinite_task_optimum_by_1000_tasks(smoke):
-    m = smoke("icl-task-count")["metrics"]["mse"]
+def test_task_count_plateaus_near_the_infinite_task_optimum_by_1000_tasks(smoke, tmp_path):
+    result = smoke("icl-task-count")
+    m = result["metrics"]["mse"]
     assert m["K=1000"] <= 1.10 * m["Gamma*"]
     assert m["K=10"] > m["K=1000"]  # a pool of 10 tasks is measurably worse
     assert m["ridge"] < m["Gamma*"] <= 2.0 * m["ridge"]
+    # every error has a bootstrap interval that brackets it and is a few percent of it wide (20k prompts)
+    ci = result["metrics"]["mse_ci"]
+    assert set(ci) == set(m)
+    for name, (lo, hi) in ci.items():
+        assert lo < m[name] < hi and hi - lo < 0.2 * m[name], (name, lo, m[name], hi)
+    assert result["metrics"]["by_K_ci"]["1000"] == ci["K=1000"]
+    # every trained model reloads from weights.pt and reproduces its recorded error on the same held-out prompts
+    from simulations.icl import task_count as exp
+    from simulations.icl._bootstrap import per_prompt_errors
+    from simulations.icl._common import model_predictor
+    from simulations.icl.weights import load_models
+
+    models = load_models(tmp_path / "icl-task-count")
+    assert sorted(models) == sorted(f"K={k or 'inf'}" for k in result["config"]["task_counts"])
+    cfg = exp.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["config"].items()})
+    again = per_prompt_errors({k: model_predictor(v) for k, v in models.items()}, exp.task_config(cfg, 0),
+                              prompts=cfg.eval_prompts, device="cpu", seed=cfg.seed + 1000)
+    for name in models:
+        assert float(again[name].mean()) == pytest.approx(m[name], rel=1e-6), name
 
 
 def test_kernel_feature_map_scales_with_context_and_the_prompt_mlp_does_not(smoke):
@@ -45,6 +68,10 @@ def test_kernel_feature_map_scales_with_context_and_the_prompt_mlp_does_not(smok
     assert e["MLP"]["0"][n0] <= 0.9 * m["zero"][n0]  # the MLP learned something at the short context ...
     assert e["MLP"]["0"][n1] >= 0.9 * e["MLP"]["0"][n0]  # ... and a longer context does not help it
     assert e["both"]["0"][n1] < 0.7 * e["both"]["0"][n0]
+    ci = m["error_ci"]
+    assert all(ci[name][k][n][0] < e[name][k][n] < ci[name][k][n][1] for name in ("MLP", "both")
+               for k in e[name] for n in (n0, n1))
+    assert all(ci["feature map"][n][0] < e["feature map"][n] < ci["feature map"][n][1] for n in (n0, n1))
 
 
 def test_gpt2_smoke_runs_the_curriculum_and_least_squares_spikes_at_n_equal_d(smoke, tmp_path):

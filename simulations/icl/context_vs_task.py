@@ -26,7 +26,10 @@ ratio ≥ 0.9, so each pair of cuts has a margin between them):
   model still leans on the feature, which generalizes to new tasks, so the pool moves its error only ~9%:
   error/d 0.661 at K=∞ vs 0.725 at K=16 at n=4, ratio 0.911 against the cut 0.8, in the full run).
 Trained-model claims are strict from `_MIN_STEPS` training steps (the full default); a smoke run reports them as
-observations. Full default: 424 s on one CPU core (taskset -c 1, one thread).
+observations. Errors are means over the held-out prompts, with percentile-bootstrap 95% intervals (`resamples`
+paired resamples of the prompts) in `metrics.error_ci` / `zero_ci` and as error bars in the plot; every trained
+model is saved in weights.pt (named "MLP,K=16,n=4", …, "both,K=inf,n=64"). Full default: 333 s on one CPU core
+(heavy.sh: taskset, one thread; 1000 resamples).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.icl import MLPICL, KernelSmoother, KQVFreeTransformer, TaskConfig
-from simulations.icl._common import check_device, evaluate, model_predictor, seed_all, train
+from simulations.icl._bootstrap import per_prompt_errors, summarize
+from simulations.icl._common import check_device, model_predictor, seed_all, train
+from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
 
@@ -58,6 +63,7 @@ class Config:
     batch_size: int = 512
     lr: float = 3e-3
     eval_prompts: int = 20_000
+    resamples: int = 1000
     seed: int = 0
     device: str = "cpu"
 
@@ -73,6 +79,8 @@ class Config:
         if self.steps < 1 or self.batch_size < 1 or self.eval_prompts < 1:
             raise ValueError(f"steps, batch_size, eval_prompts must be >= 1, got {self.steps}, "
                              f"{self.batch_size}, {self.eval_prompts}")
+        if self.resamples < 2:
+            raise ValueError(f"resamples must be >= 2, got {self.resamples}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         check_device(self.device)
@@ -84,10 +92,13 @@ class Config:
 
 
 def _model(name: str, c: Config, n: int):
+    """(model, the kwargs that rebuild it) for weights.pt."""
     if name == "MLP":
-        return MLPICL(c.d, n + 1, hidden=c.hidden, depth=2)
-    return KQVFreeTransformer(c.d, n + 1, kernel=c.kernel, normalize=c.kernel != "linear", n_blocks=1,
-                              hidden=c.hidden, inputs="both")
+        kwargs = {"d": c.d, "n_points": n + 1, "hidden": c.hidden, "depth": 2}
+        return MLPICL(**kwargs), kwargs
+    kwargs = {"d": c.d, "n_points": n + 1, "kernel": c.kernel, "normalize": c.kernel != "linear", "n_blocks": 1,
+              "hidden": c.hidden, "inputs": "both"}
+    return KQVFreeTransformer(**kwargs), kwargs
 
 
 def run(config: Config, out_dir: Path) -> dict:
@@ -96,53 +107,72 @@ def run(config: Config, out_dir: Path) -> dict:
     smoother = KernelSmoother(c.d, kernel=c.kernel, normalize=c.kernel != "linear")
     err: dict[str, dict[str, dict[str, float]]] = {m: {} for m in MODELS if m != "feature map"}  # model->K->n
     err["feature map"] = {}  # n -> error/d: no trained weight, the same predictor for every K
+    err_ci: dict[str, dict] = {m: {} for m in err}  # the same nesting, [lo, hi] / d
     zero: dict[str, float] = {}
+    zero_ci: dict[str, list[float]] = {}
+    models = {}
     for n in c.contexts:
         preds = {"feature map": smoother}
         for k in c.task_counts:
             task = TaskConfig(d=c.d, n=n, num_tasks=k or None, pool_seed=c.seed + 7)
             for name in ("MLP", "both"):
-                model = _model(name, c, n)
+                model, kwargs = _model(name, c, n)
                 train(model, task, steps=c.steps, batch_size=c.batch_size, lr=c.lr, device=c.device, seed=c.seed)
                 preds[f"{name}|{k}"] = model_predictor(model)
-        mse = evaluate(preds, TaskConfig(d=c.d, n=n), prompts=c.eval_prompts, device=c.device, seed=c.seed + 1000)
-        zero[str(n)] = mse.pop("zero") / c.d
+                models[f"{name},K={k or 'inf'},n={n}"] = (model, kwargs)
+        errors = per_prompt_errors(preds, TaskConfig(d=c.d, n=n), prompts=c.eval_prompts, device=c.device,
+                                   seed=c.seed + 1000)
+        mse, ci = summarize(errors, resamples=c.resamples, seed=c.seed + 3000)
+        ci = {key: [lo / c.d, hi / c.d] for key, (lo, hi) in ci.items()}
+        zero[str(n)], zero_ci[str(n)] = mse.pop("zero") / c.d, ci.pop("zero")
         err["feature map"][str(n)] = mse.pop("feature map") / c.d
+        err_ci["feature map"][str(n)] = ci.pop("feature map")
         for key, v in mse.items():
             name, k = key.split("|")
             err[name].setdefault(k, {})[str(n)] = v / c.d
-    metrics = {"error": err, "zero": zero,
+            err_ci[name].setdefault(k, {})[str(n)] = ci[key]
+    save_models(out_dir, models)
+    metrics = {"error": err, "error_ci": err_ci, "zero": zero, "zero_ci": zero_ci,
                "feature_map_params": sum(p.numel() for p in smoother.parameters())}
-    _plot(err, zero, c, out_dir)
+    _plot(metrics, c, out_dir)
     return finalize(out_dir, NAME, config, metrics, claims, seed=c.seed, device=c.device)
 
 
-def _plot(err: dict, zero: dict, c: Config, out_dir: Path) -> None:
+def _errorbar(ax, xs, means: list[float], cis: list[list[float]], style: str, label: str, **kw) -> None:
+    yerr = [[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]]
+    ax.errorbar(xs, means, yerr=yerr, fmt=style, capsize=2, markersize=4, label=label, **kw)
+
+
+def _plot(m: dict, c: Config, out_dir: Path) -> None:
+    err, ci = m["error"], m["error_ci"]
     fig, axes = new_figure(1, 2)
     kmax, kmin = str(c.task_counts[-1]), str(c.task_counts[0])
+    ns = [str(n) for n in c.contexts]
     ax = axes[0, 0]
     for j, name in enumerate(("MLP", "both")):
-        ax.plot(c.contexts, [err[name][kmax][str(n)] for n in c.contexts], "o-", color=f"C{j}", label=f"{name}, K=inf")
-        ax.plot(c.contexts, [err[name][kmin][str(n)] for n in c.contexts], "o--", color=f"C{j}",
-                label=f"{name}, K={kmin}")
-    ax.plot(c.contexts, [err["feature map"][str(n)] for n in c.contexts], "o-", color="C2",
-            label="feature map (no training)")
-    ax.plot(c.contexts, [zero[str(n)] for n in c.contexts], "k:", label="zero predictor")
+        for k, style, label in ((kmax, "o-", f"{name}, K=inf"), (kmin, "o--", f"{name}, K={kmin}")):
+            _errorbar(ax, c.contexts, [err[name][k][n] for n in ns], [ci[name][k][n] for n in ns], style, label,
+                      color=f"C{j}")
+    _errorbar(ax, c.contexts, [err["feature map"][n] for n in ns], [ci["feature map"][n] for n in ns], "o-",
+              "feature map (no training)", color="C2")
+    _errorbar(ax, c.contexts, [m["zero"][n] for n in ns], [m["zero_ci"][n] for n in ns], "k:", "zero predictor")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("context length n")
-    ax.set_ylabel("error / d on new tasks")
+    ax.set_ylabel("error / d on new tasks (95% bootstrap CI)")
     ax.set_title("context scaling")
     ax.legend(fontsize=6)
     ax = axes[0, 1]
     ks = [k or 10 * max(c.task_counts) for k in c.task_counts]
     n0 = str(c.contexts[0])
     for j, name in enumerate(("MLP", "both")):
-        ax.plot(ks, [err[name][str(k)][n0] for k in c.task_counts], "o-", color=f"C{j}", label=name)
+        _errorbar(ax, ks, [err[name][str(k)][n0] for k in c.task_counts], [ci[name][str(k)][n0] for k in c.task_counts],
+                  "o-", name, color=f"C{j}")
     ax.axhline(err["feature map"][n0], color="C2", label="feature map")
+    ax.axhspan(*ci["feature map"][n0], color="C2", alpha=0.15, lw=0)
     ax.set_xscale("log")
     ax.set_xlabel("pretraining tasks K (rightmost: infinite)")
-    ax.set_ylabel(f"error / d at n = {n0}")
+    ax.set_ylabel(f"error / d at n = {n0} (95% bootstrap CI)")
     ax.set_title("task scaling")
     ax.legend(fontsize=7)
     save_figure(fig, out_dir, "context_vs_task.png")
