@@ -145,7 +145,8 @@ class TaskSampler:
                 ev[:, 1] = 1.0 / c.kappa
         return u * ev.sqrt().unsqueeze(-2)
 
-    def _draw_tasks(self, b: int, gen: torch.Generator | None, device: torch.device | str) -> dict:
+    def _draw_tasks(self, b: int, gen: torch.Generator | None, device: torch.device | str,
+                    d_active: int | None = None) -> dict:
         c = self.config
         device = torch.device(device)
         out: dict[str, torch.Tensor] = {}
@@ -162,7 +163,10 @@ class TaskSampler:
                 s = s.to(device).expand(b, c.d, c.d)
                 z = torch.linalg.solve(s.transpose(-1, -2), z.unsqueeze(-1)).squeeze(-1)
         if c.kind == "sparse":  # keep `sparsity` random coordinates
-            keep = torch.rand(b, c.d, generator=gen, device=device).argsort(dim=-1)[:, : c.sparsity]
+            r = torch.rand(b, c.d, generator=gen, device=device)
+            if d_active is not None:  # the support lies in the active coordinates (dtsip's valid_coords)
+                r[:, d_active:] += 1.0
+            keep = r.argsort(dim=-1)[:, : c.sparsity]
             mask = torch.zeros(b, c.d, device=device).scatter_(1, keep, 1.0)
             z = z * mask
         out["w"] = z + self.w_mean.to(device)
@@ -177,7 +181,9 @@ class TaskSampler:
     ) -> Prompts:
         """Draw `batch_size` prompts with n (default config.n) context points each.
 
-        d_active < d zeroes x's coordinates beyond d_active (the dimension curriculum of Garg et al.).
+        d_active < d zeroes x's coordinates beyond d_active (the dimension curriculum of Garg et al.); for
+        kind="sparse" the `sparsity` nonzero coordinates of w are then drawn among the active ones (all of them
+        when d_active < sparsity), as Garg et al.'s `valid_coords`, so a curriculum stage keeps E y² = sparsity.
         The generator must live on the sampler's device (or be None for the global RNG).
         """
         c = self.config
@@ -190,7 +196,7 @@ class TaskSampler:
             raise ValueError(f"d_active must be in [1, d={c.d}], got {d_active}")
         dev, g = self.device, generator
         if self._pool is None:
-            task = self._draw_tasks(batch_size, g, dev)
+            task = self._draw_tasks(batch_size, g, dev, d_active)
         else:
             idx = torch.randint(0, c.num_tasks, (batch_size,), generator=g, device=dev)
             task = {k: v[idx] for k, v in self._pool.items()}
