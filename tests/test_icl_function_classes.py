@@ -88,3 +88,35 @@ def test_sparse_support_lies_in_the_active_dims_under_the_curriculum():
     sampler = TaskSampler(TaskConfig(d=8, n=4, kind="sparse", sparsity=2))
     p = sampler.sample(200, generator=torch.Generator().manual_seed(3), d_active=3)
     assert torch.all(p.w[:, 3:] == 0) and torch.all((p.w != 0).sum(-1) == 2)
+
+
+def test_function_classes_smoke_scores_every_baseline_with_intervals_and_saves_both_models(smoke, tmp_path):
+    torch.set_num_threads(1)
+    result = smoke("icl-function-classes")
+    m, cfg = result["metrics"], result["config"]
+    assert set(m["error"]["sparse"]) == {"model", "Lasso", "least squares", "3-NN", "averaging"}
+    assert set(m["error"]["relu2nn"]) == {"model", "least squares", "3-NN", "averaging"}
+    for kind, n_points in (("sparse", cfg["sparse_points"]), ("relu2nn", cfg["relu_points"])):
+        for name, mean in m["error"][kind].items():
+            ci = m["error_ci"][kind][name]
+            assert len(mean) == n_points and all(lo <= e <= hi for e, (lo, hi) in zip(mean, ci))
+    assert len(m["lasso_alpha"]) == cfg["sparse_points"] and set(m["lasso_alpha"]) <= set(cfg["lasso_alphas"])
+    # least squares interpolates a noiseless sparse task once k >= d; Lasso beats it well below d (the sanity)
+    assert max(m["error"]["sparse"]["least squares"][cfg["d"] + 1:]) < 1e-3
+    kinds = {c["name"]: c["kind"] for c in result["claims"]}
+    assert [k for k in kinds.values()].count("sanity") == 1
+    from simulations.icl.weights import load_models
+
+    models = load_models(tmp_path / "icl-function-classes")
+    assert set(models) == {"sparse", "relu2nn"} and models["relu2nn"].n_points == cfg["relu_points"]
+
+
+def test_function_classes_config_rejects_bad_sizes():
+    from simulations.icl.function_classes import Config
+
+    with pytest.raises(ValueError, match="sparsity"):
+        Config(d=4, sparsity=5)
+    with pytest.raises(ValueError, match="sparse_points"):
+        Config(d=10, sparse_points=10)
+    with pytest.raises(ValueError, match="lasso_alphas"):
+        Config(lasso_alphas=(0.1, 0.0))
