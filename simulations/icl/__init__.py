@@ -9,4 +9,5 @@ EXPERIMENTS: dict[str, str] = {
     "icl-task-count": "simulations.icl.task_count",
     "icl-context-vs-task": "simulations.icl.context_vs_task",
     "icl-gpt2": "simulations.icl.gpt2",
+    "icl-looped-gpt2": "simulations.icl.looped_gpt2",
 }
