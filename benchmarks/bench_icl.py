@@ -14,6 +14,16 @@ batch 512, Adam) with the last block computed for the query only (`query_only=Tr
 against every row (`query_only=False`, the code before), alternating windows in one process; it reports both
 medians and the median per-window ratio. Measured (`taskset -c 1 ... --kqv-free --threads 1`, torch 2.13 CPU,
 5 windows × 20 steps): 46.9 steps/s query-only vs 3.93 every row, ratio 11.6.
+
+`--looped` times icl-looped-gpt2's looped model (one GPT-2 block, 256 width, 8 heads, d = 20, 41 points, batch
+64, Adam) trained for b = 1, 2, 4, 8 loops (`--loops`) at a fixed window of `--window` loops with gradient (the
+earlier loops run without it, as in training), alternating windows in one process; it reports steps/s and
+seconds per loop for each b and the median per-window ratio of each b's steps/s to b = 1's.
+
+Measured (`heavy.sh .venv/bin/python benchmarks/bench_icl.py --looped --threads 1`: one pinned core, torch 2.13
+CPU, window 1, 5 windows × 5 steps): b = 1, 2, 4, 8 run 2.56, 1.96, 1.33, 0.80 steps/s (0.39, 0.26, 0.19,
+0.16 s per loop; ratio to b = 1: 1, 0.76, 0.52, 0.32), i.e. ~0.12 s per extra no-gradient loop on top of a
+0.39 s step (one loop with gradient, its backward and Adam).
 """
 
 from __future__ import annotations
@@ -145,6 +155,43 @@ def _bench_kqv_free(args: argparse.Namespace, device: torch.device) -> dict:
     return report
 
 
+def _bench_looped(args: argparse.Namespace, device: torch.device) -> dict:
+    """Looped GPT-2 block steps/s for each loop count at one fixed gradient window (same init, same batch)."""
+    from models.icl import LoopedTransformer
+
+    d, n_points, n_embd, n_head, batch = 20, 41, 256, 8, args.batch or 64
+    counts = [int(b) for b in args.loops.split(",")]
+    if not counts or min(counts) < args.window:
+        raise ValueError(f"--loops must be loop counts >= --window={args.window}, got {args.loops!r}")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, n_points, d, generator=g).to(device)
+    y = torch.randn(batch, n_points, generator=g).to(device)
+    torch.manual_seed(0)
+    model = LoopedTransformer(d, max(counts), "gpt2", args.window, n_heads=n_head, n_points=n_points,
+                              n_layer=1, n_embd=n_embd).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    steppers = {}
+    for b in counts:
+        def step(b: int = b) -> None:
+            opt.zero_grad(set_to_none=True)
+            (model(x, y, n_loops=b, return_all=True) - y).pow(2).mean().backward()
+            opt.step()
+
+        step()  # warmup
+        steppers[b] = step
+    steps = args.steps or (5 if device.type == "cpu" else 50)
+    rates = _alternate(steppers, args.windows, steps, device)
+    report = {"bench": "looped", "device": str(device), "threads": torch.get_num_threads(), "batch": batch,
+              "d": d, "n_points": n_points, "n_embd": n_embd, "n_head": n_head, "window": args.window,
+              "base_loops": counts[0], "steps_per_window": steps, "windows": args.windows,
+              "torch": torch.__version__, "loops": {}}
+    for b, r in rates.items():
+        sps = statistics.median(r)
+        report["loops"][b] = {"steps_per_s": sps, "s_per_loop": 1 / (sps * b),
+                              "ratio_to_base": statistics.median(u / v for u, v in zip(r, rates[counts[0]]))}
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -161,14 +208,17 @@ def main() -> None:
     ap.add_argument("--hf-attn", default=None, help="HF attn_implementation (default: HF's own default)")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--kqv-free", action="store_true", help="time the KQV-free block, query-only vs every row")
+    ap.add_argument("--looped", action="store_true", help="time the looped GPT-2 block per loop count")
+    ap.add_argument("--loops", default="1,2,4,8", help="loop counts for --looped (the first is the ratio's base)")
+    ap.add_argument("--window", type=int, default=1, help="loops with gradient for --looped")
     args = ap.parse_args()
     if args.windows < 5:
         raise ValueError(f"--windows must be >= 5 (median of >= 5 windows), got {args.windows}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.kqv_free:
-        report = _bench_kqv_free(args, device)
+    if args.kqv_free or args.looped:
+        report = _bench_kqv_free(args, device) if args.kqv_free else _bench_looped(args, device)
         print(json.dumps(report, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

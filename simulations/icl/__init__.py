@@ -10,4 +10,5 @@ EXPERIMENTS: dict[str, str] = {
     "icl-context-vs-task": "simulations.icl.context_vs_task",
     "icl-gpt2": "simulations.icl.gpt2",
     "icl-function-classes": "simulations.icl.function_classes",
+    "icl-looped-gpt2": "simulations.icl.looped_gpt2",
 }

@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from models.icl.tasks import Prompts, TaskConfig, TaskSampler
 from models.train import TrainConfig, Trainer
 from simulations.icl._bootstrap import Predictor, per_prompt_errors
+
+if TYPE_CHECKING:
+    from simulations.icl._loops import LoopCurriculum
 
 
 def check_device(device: str) -> None:
@@ -130,13 +133,17 @@ def train(
     compile: bool = False,
     compile_mode: str | None = None,
     curriculum: Curriculum | None = None,
+    loops: LoopCurriculum | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` with AdamW (warmup + cosine) on fresh prompts from `task` every step; returns the loss curve
     ([{"step", "loss"}], about `points` records). amp=False keeps linear models in fp32: their claims compare
     errors to closed forms within a few percent, below bf16's resolution. `sample(sampler, batch_size, generator,
     step)` replaces plain sampling. `curriculum` draws `Staged` batches on its schedule (its end must be the
     task's d and n + 1 rows) and, unless `loss_fn` is given, trains on `curriculum_loss`. compile_mode goes to
-    torch.compile (implies compile; "reduce-overhead" = CUDA graphs, for small models on a GPU)."""
+    torch.compile (implies compile; "reduce-overhead" = CUDA graphs, for small models on a GPU). `loops` (a
+    looped model whose `window` equals loops.window) trains on Yang et al.'s loop curriculum: the model runs
+    loops.at(step) loops and the loss is loops.loss, the window loss over the last T loops (with `curriculum`,
+    over its active dims and points); it replaces loss_fn."""
     if curriculum is not None:
         if sample is not None:
             raise ValueError("give sample or curriculum, not both")
@@ -145,6 +152,11 @@ def train(
                              f"d_end={curriculum.d_end}, points_end={curriculum.points_end}")
         sample = _staged_draw(curriculum, not getattr(model, "predicts_all_positions", False))
         loss_fn = curriculum_loss if loss_fn is query_mse_loss else loss_fn
+    if loops is not None:
+        if getattr(model, "window", None) != loops.window:
+            raise ValueError(f"loops.window={loops.window} must equal the model's window "
+                             f"{getattr(model, 'window', None)}")
+        loss_fn = loops.loss
     sampler = TaskSampler(task, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     draw = sample or (lambda s, b, g, step: s.sample(b, generator=g))
