@@ -191,3 +191,17 @@ def test_layers_to_eps_interpolates_in_log_log_and_extrapolates():
     assert abs(layers_to([0.2, 0.05, 0.0125], [1, 2, 4], 0.05) - 2.0) < 1e-9
     assert abs(layers_to([0.4, 0.2], [1, 2], 0.05) - 8.0) < 1e-9  # error halves per doubling
     assert layers_to([0.4, 0.5], [1, 2], 0.05) == 1e4  # no progress: capped
+
+
+def test_every_icl_experiment_has_a_valid_paper_preset_for_a_gpu(monkeypatch):
+    """`--set scale=paper` builds each experiment's GPU config; CUDA is faked, so only the fields are checked."""
+    from simulations import registry
+    from simulations.icl import EXPERIMENTS
+    from simulations.registry import _preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in EXPERIMENTS:
+        exp = registry.get(name)
+        paper, full = _preset(exp, "paper"), exp.config()
+        assert paper.device == "cuda", name
+        assert paper != full, name

@@ -86,6 +86,19 @@ class Config:
         check_device(self.device)
 
     @classmethod
+    def presets(cls) -> dict:
+        """full (the defaults), smoke, and paper (the paper's sizes, for a GPU)."""
+        return {"full": cls, "smoke": cls.smoke, "paper": cls.paper}
+
+    @classmethod
+    def paper(cls) -> Config:
+        """Abedsoltan et al.'s grid: d=8, contexts 8, 16, 32, 64 and pools 16, 256, 4096, ∞, 20k steps,
+        on CUDA. Estimated ~20 min on one H100 (32 models, ~2 ms per step, the KQV-free block computing its MLP
+        for the query only); ~9 h of one CPU core. Not run here."""
+        return cls(contexts=(8, 16, 32, 64), task_counts=(16, 256, 4096, 0), steps=20_000, eval_prompts=100_000,
+                   device="cuda")
+
+    @classmethod
     def smoke(cls) -> Config:
         return cls(contexts=(4, 32), task_counts=(16, 0), hidden=256, steps=1000, batch_size=512,
                    eval_prompts=5_000)

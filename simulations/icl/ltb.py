@@ -73,6 +73,18 @@ class Config:
         check_device(self.device)
 
     @classmethod
+    def presets(cls) -> dict:
+        """full (the defaults), smoke, and paper (the paper's sizes, for a GPU)."""
+        return {"full": cls, "smoke": cls.smoke, "paper": cls.paper}
+
+    @classmethod
+    def paper(cls) -> Config:
+        """Zhang, Wu and Bartlett's sizes: d=5, n=20, σ²=0.1, task means β* ∈ {0, 3·1, 10·1}, 20k steps at
+        batch 20000, on CUDA. Estimated ~4 min on one H100 (three β*, each LTB and LSA, ~3 ms per step; the
+        same work is ~3.6 h on one CPU core). Not run here."""
+        return cls(prior_means=(0.0, 3.0, 10.0), steps=20_000, batch_size=20_000, device="cuda")
+
+    @classmethod
     def smoke(cls) -> Config:
         return cls(steps=600, batch_size=1024, eval_prompts=40_000)
 

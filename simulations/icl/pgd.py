@@ -118,6 +118,18 @@ class Config:
         check_device(self.device)
 
     @classmethod
+    def presets(cls) -> dict:
+        """full (the defaults), smoke, and paper (the paper's sizes, for a GPU)."""
+        return {"full": cls, "smoke": cls.smoke, "paper": cls.paper}
+
+    @classmethod
+    def paper(cls) -> Config:
+        """Ahn et al.'s training size: d=5, n=20, their Σ, multilayer L = 1..4, looped L = 1..10, 20k steps at
+        batch 20000, on CUDA. Estimated ~25 min on one H100 (18 models, ~4 ms per step at depth ≤ 10);
+        ~60 h of one CPU core. Not run here."""
+        return cls(layers=(1, 2, 3, 4), loops=tuple(range(1, 11)), steps=20_000, batch_size=20_000, device="cuda")
+
+    @classmethod
     def smoke(cls) -> Config:
         return cls(layers=(1, 2), loops=(1, 2, 4), probe_depth=4, probe_max=12, n_probe=60, probe_batch=256,
                    steps=500, batch_size=512, eval_prompts=20_000, resamples=200)

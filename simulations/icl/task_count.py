@@ -72,6 +72,18 @@ class Config:
         check_device(self.device)
 
     @classmethod
+    def presets(cls) -> dict:
+        """full (the defaults), smoke, and paper (the paper's sizes, for a GPU)."""
+        return {"full": cls, "smoke": cls.smoke, "paper": cls.paper}
+
+    @classmethod
+    def paper(cls) -> Config:
+        """Wu et al.'s sizes: d=20, n=40, σ²=0.25, pools K up to 10⁵ and ∞, 20k steps at batch 4096, on
+        CUDA. Estimated ~5 min on one H100 (six pools, ~2 ms per step); ~2.4 h on one CPU core (10× the
+        full default's steps with one more pool). Not run here."""
+        return cls(task_counts=(10, 100, 1000, 10_000, 100_000, 0), steps=20_000, device="cuda")
+
+    @classmethod
     def smoke(cls) -> Config:
         return cls(task_counts=(10, 100, 1000, 0), steps=400, batch_size=512, eval_prompts=20_000)
 

@@ -117,6 +117,19 @@ class Config:
         check_device(self.device)
 
     @classmethod
+    def presets(cls) -> dict:
+        """full (the defaults), smoke, and paper (the paper's sizes, for a GPU)."""
+        return {"full": cls, "smoke": cls.smoke, "paper": cls.paper}
+
+    @classmethod
+    def paper(cls) -> Config:
+        """The paper's setting at full width: d=8, n=64 (n = 8d), κ ∈ {1, 10, 100}, depths 1, 2, 4, 8,
+        10k steps at batch 4096, on CUDA. Estimated ~15 min on one H100 (24 multilayer + 2 looped models,
+        ~3 ms per step); ~15 h of one CPU core. Not run here."""
+        return cls(d=8, n=64, kappas=(1.0, 10.0, 100.0), depths=(1, 2, 4, 8), depth_shift=8, steps=10_000, batch_size=4096,
+                   eval_prompts=100_000, device="cuda")
+
+    @classmethod
     def smoke(cls) -> Config:
         return cls(d=4, n=32, kappas=(1.0, 100.0), depths=(1, 2, 4), kappa_shift=100.0, depth_shift=2,
                    steps=250, batch_size=512, eval_prompts=10_000, resamples=200)
