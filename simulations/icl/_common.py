@@ -32,6 +32,19 @@ def check_device(device: str) -> None:
         raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu'")
 
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_gpt2_config(n_layer: int, n_embd: int, n_head: int, compile_mode: str | None = None) -> None:
+    """ValueError unless a GPT-2 size is valid (all >= 1, n_head dividing n_embd) and compile_mode is None or a
+    torch.compile mode."""
+    if n_layer < 1 or n_embd < 1 or n_head < 1 or n_embd % n_head:
+        raise ValueError(f"n_layer, n_embd, n_head must be >= 1 with n_head dividing n_embd, got "
+                         f"{n_layer}, {n_embd}, {n_head}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+
+
 def seed_all(seed: int) -> None:
     """Seed python and torch (model inits that take no generator; all data comes from explicit generators)."""
     random.seed(seed)

@@ -42,7 +42,7 @@ import torch
 from models.icl import GPT2ICL, TaskConfig, TaskSampler
 from models.icl import baselines as bl
 from simulations.icl._bootstrap import bootstrap_ci
-from simulations.icl._common import Curriculum, check_device, curve_png, seed_all, train
+from simulations.icl._common import Curriculum, check_device, check_gpt2_config, curve_png, seed_all, train
 from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
@@ -50,7 +50,6 @@ from simulations.results import finalize, new_figure, save_figure
 NAME = "icl-function-classes"
 CLASSES = ("sparse", "relu2nn")
 _MIN_STEPS = 3000
-_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -87,17 +86,13 @@ class Config:
         if min(self.sparse_steps, self.relu_steps, self.hidden, self.batch_size, self.tune_prompts,
                self.eval_prompts) < 1:
             raise ValueError("sparse_steps, relu_steps, hidden, batch_size, tune_prompts, eval_prompts must be >= 1")
-        if self.n_layer < 1 or self.n_embd < 1 or self.n_head < 1 or self.n_embd % self.n_head:
-            raise ValueError(f"n_layer, n_embd, n_head must be >= 1 with n_head dividing n_embd, got "
-                             f"{self.n_layer}, {self.n_embd}, {self.n_head}")
+        check_gpt2_config(self.n_layer, self.n_embd, self.n_head, self.compile_mode)
         if not self.lr > 0 or not 0 <= self.curriculum_frac <= 1:
             raise ValueError(f"lr must be > 0 and curriculum_frac in [0, 1], got {self.lr}, {self.curriculum_frac}")
         if not self.lasso_alphas or min(self.lasso_alphas) <= 0:
             raise ValueError(f"lasso_alphas must be positive, got {self.lasso_alphas}")
         if self.resamples < 2:
             raise ValueError(f"resamples must be >= 2, got {self.resamples}")
-        if self.compile_mode not in _COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {_COMPILE_MODES}, got {self.compile_mode!r}")
         check_device(self.device)
 
     def task(self, kind: str) -> TaskConfig:

@@ -50,7 +50,7 @@ from models.icl import GPT2ICL, TaskConfig, TaskSampler
 from models.icl import baselines as bl
 from simulations.icl import ood
 from simulations.icl._bootstrap import bootstrap_ci
-from simulations.icl._common import Curriculum, check_device, curve_png, seed_all, train
+from simulations.icl._common import Curriculum, check_device, check_gpt2_config, curve_png, seed_all, train
 from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
 from simulations.results import finalize, new_figure, save_figure
@@ -89,9 +89,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.d < 1 or self.n_points < 2:
             raise ValueError(f"d must be >= 1 and n_points >= 2, got {self.d}, {self.n_points}")
-        if self.n_layer < 1 or self.n_embd < 1 or self.n_head < 1 or self.n_embd % self.n_head:
-            raise ValueError(f"n_layer, n_embd, n_head must be >= 1 with n_head dividing n_embd, got "
-                             f"{self.n_layer}, {self.n_embd}, {self.n_head}")
+        check_gpt2_config(self.n_layer, self.n_embd, self.n_head, self.compile_mode)
         if not self.noise_var > 0:
             raise ValueError(f"noise_var must be > 0 (the ridge-vs-least-squares claim needs noise), got {self.noise_var}")
         if not 1 <= self.d_start <= self.d or not 2 <= self.points_start <= self.n_points:
@@ -111,9 +109,6 @@ class Config:
         if not self.ood_skew_power >= 0 or not self.ood_noise_var >= 0:
             raise ValueError(f"ood_skew_power and ood_noise_var must be >= 0, got {self.ood_skew_power}, "
                              f"{self.ood_noise_var}")
-        if self.compile_mode not in (None, "default", "reduce-overhead", "max-autotune",
-                                     "max-autotune-no-cudagraphs"):
-            raise ValueError(f"compile_mode must be None or a torch.compile mode, got {self.compile_mode!r}")
         check_device(self.device)
 
     def curriculum(self) -> Curriculum:

@@ -37,7 +37,7 @@ import torch
 from models.icl import GPT2ICL, LoopedTransformer, TaskConfig, TaskSampler
 from models.icl import baselines as bl
 from simulations.icl._bootstrap import bootstrap_ci
-from simulations.icl._common import Curriculum, check_device, curve_png, seed_all, train
+from simulations.icl._common import Curriculum, check_device, check_gpt2_config, curve_png, seed_all, train
 from simulations.icl._loops import LoopCurriculum
 from simulations.icl.weights import save_models
 from simulations.registry import Claim, register
@@ -48,7 +48,6 @@ _MIN_STEPS = 4000
 _RATIO_CUT = 2.0  # "comparable" (the paper); a 3k-step pilot of the full default measured 2.6 (0.51 vs 0.19)
 _FLAT_CUT = 1.25  # error may not grow by a quarter from b to 2b loops; the 3k-step pilot measured 1.03
 _LEARNED = 0.1  # the zero predictor scores 1 and least squares 0 for k >= d; the 3k-step pilot: 0.51
-_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.d < 1 or self.n_points < 2:
             raise ValueError(f"d must be >= 1 and n_points >= 2, got {self.d}, {self.n_points}")
-        if self.n_layer < 1 or self.n_embd < 1 or self.n_head < 1 or self.n_embd % self.n_head:
-            raise ValueError(f"n_layer, n_embd, n_head must be >= 1 with n_head dividing n_embd, got "
-                             f"{self.n_layer}, {self.n_embd}, {self.n_head}")
+        check_gpt2_config(self.n_layer, self.n_embd, self.n_head, self.compile_mode)
         if not 1 <= self.window <= self.b:
             raise ValueError(f"window must be in [1, b={self.b}], got {self.window}")
         if not 1 <= self.d_start <= self.d or not 2 <= self.points_start <= self.n_points:
@@ -99,8 +96,6 @@ class Config:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.resamples < 2:
             raise ValueError(f"resamples must be >= 2, got {self.resamples}")
-        if self.compile_mode not in _COMPILE_MODES:
-            raise ValueError(f"compile_mode must be None or a torch.compile mode, got {self.compile_mode!r}")
         check_device(self.device)
 
     def curriculum(self) -> Curriculum:
