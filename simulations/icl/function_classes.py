@@ -26,7 +26,7 @@ learns late). The pilot (3 × 64 × 2 heads, lr 1e-3, batch 64, d = 10, 3k steps
 before the full run; the full run's figures are in the record and docs/results-icl.md.
 
 Sizes: full = d 10 for both; sparse: sparsity 2, 21 points, 8000 steps; ReLU: hidden 100, 31 points, 3500 steps;
-3 layers × 64 × 2 heads (about 17 minutes on one CPU core). Smoke = d 6 (sparsity 1), 2 × 32, 300 steps each. `--set
+3 layers × 64 × 2 heads (760 s on one CPU core in the full run). Smoke = d 6 (sparsity 1), 2 × 32, 300 steps each. `--set
 scale=paper` = Garg et al.'s: d 20, sparsity 3 with 41 points, ReLU hidden 100 with 101 points, 12 × 256 × 8,
 500k steps each, batch 64, lr 1e-4, on CUDA with CUDA graphs: estimated ~50 min (sparse, at the 165 steps/s of
 the 12-layer model at 41 points, `icl-gpt2`'s paper preset) + ~2.5 h (ReLU: 2.5 × the tokens); not run here.

@@ -48,7 +48,7 @@ error kept falling, 0.0020 at 8 layers to 0.00017 at 24, so it did not degrade; 
 grew by 10⁷ within 4× its depth). Measured at n/d = 20 (2000 steps, batch 256): the looped model's error falls
 from 1.6·10⁻⁵ at loop 8 to 5.5·10⁻⁸ at loop 24, each loop ×0.50 … ×0.77, and its A has cosine 0.9993 with −Σ⁻¹
 (skew fraction 0.004).
-Full default: 1100 s on one CPU core (shared with another job for most of the run). Smoke size (a few hundred
+Full default: 1100 s on one CPU core shared with another job; 564 s when re-made on a free core. Smoke size (a few hundred
 steps) cannot train the models to PGD's level — the Σ⁻¹-like preconditioner has entries ~8, far from the 0.01
 init — so the trained-model claims are observations below `_MIN_STEPS` steps.
 """
